@@ -1,0 +1,1 @@
+"""Sub-commands of the `rigctl` CLI; each module exposes `register(subparsers)`."""

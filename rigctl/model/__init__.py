@@ -1,0 +1,1 @@
+"""The free-energy model of Isomura et al. (2023)."""

@@ -1,0 +1,1 @@
+"""Signal path: filter, artifact blanking, spike detection."""
