@@ -60,6 +60,13 @@ class Stimulator(ABC):
     def schedule(self, command: StimCommand) -> None:
         """Queue `command` for delivery at `command.sample` (already checked by the safety layer)."""
 
+    def on_chunk(self, end_sample: int) -> None:
+        """Called by the loop after every chunk with the amplifier clock (one past the last sample read).
+
+        Drivers whose device cannot schedule by sample index fire due commands here (or arm the device's
+        own delay, e.g. a train delay, from `command.sample - end_sample`). Default: nothing.
+        """
+
     @abstractmethod
     def abort(self) -> None:
         """Cancel every queued and running pulse."""
