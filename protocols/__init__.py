@@ -1,0 +1,1 @@
+"""The protocol library (YAML files), installed as package data of `rigctl.protocols`."""

@@ -1,0 +1,81 @@
+"""`rigctl run`: run a protocol on a rig, or resume a stored run; then write the report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rigctl.errors import RigctlError
+from rigctl.protocol import DRUGS
+from rigctl.session import RunOptions, resume_run, start_run
+
+
+def _run(args: argparse.Namespace) -> int:
+    options = RunOptions(rig=args.rig, seed=args.seed, sessions=args.sessions, drug=args.drug,
+                         realtime=args.realtime, chunk_ms=args.chunk_ms, progress=not args.no_progress)
+    publisher = None
+    if args.stream:
+        from rigctl.stream import Publisher
+        publisher = Publisher(args.stream)
+    t0 = time.monotonic()
+    try:
+        if args.resume:
+            if args.protocol:
+                raise RigctlError("give either PROTOCOL or --resume RUN_DIR, not both")
+            run_dir = resume_run(Path(args.resume), options, publisher)
+        else:
+            if not args.protocol:
+                raise RigctlError("PROTOCOL is required (a library name such as isomura2023_bss, or a path), "
+                                  "or --resume RUN_DIR")
+            run_dir = start_run(args.protocol, options, args.out, publisher)
+    finally:
+        if publisher is not None:
+            publisher.close()
+    print(f"run complete in {time.monotonic() - t0:.1f} s: {run_dir}", file=sys.stderr)
+    if not args.no_report:
+        from rigctl.report import write_report
+        summary_path = write_report(run_dir)
+        print(f"report: {summary_path}", file=sys.stderr)
+    print(run_dir)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: allowed: 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value}: allowed: > 0")
+    return value
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "run", help="run a protocol on a rig (or resume a run)",
+        description="Run a protocol on a rig, storing raw data, spikes, stimuli and per-trial responses in "
+                    "a run directory, then write its report. A run killed at any point continues with "
+                    "`rigctl run --resume RUN_DIR`.")
+    p.add_argument("protocol", nargs="?", metavar="PROTOCOL",
+                   help="protocol YAML path or library name (e.g. isomura2023_bss, isomura2023_bss_mix0)")
+    p.add_argument("--rig", default="sim-events",
+                   help="sim (voltage through the whole signal path), sim-events (the network's spike events, "
+                        "fast), or a rig file rigs/<name>.yaml (default: sim-events)")
+    p.add_argument("--sessions", type=_positive_int, help="run only the first N sessions")
+    p.add_argument("--seed", type=int, help="seed of the schedule and the simulated culture (default: the protocol's)")
+    p.add_argument("--drug", choices=DRUGS, help="simulated rig condition (default: the protocol's)")
+    p.add_argument("--out", type=Path, help="run directory to create (default: runs/<protocol>-seed<N>-<time>)")
+    p.add_argument("--realtime", action="store_true", help="pace the simulated rig to the wall clock")
+    p.add_argument("--chunk-ms", type=_positive_float, help="chunk length of the simulated rig in ms")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--stream", metavar="ENDPOINT", help="publish trials and session results on a ZMQ PUB socket "
+                                                       "(e.g. tcp://127.0.0.1:5600)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.set_defaults(func=_run)

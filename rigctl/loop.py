@@ -1,0 +1,308 @@
+"""The real-time loop: driven by chunk arrival, one clock (the amplifier's sample index).
+
+Per chunk: schedule the protocol's commands that fall within the look-ahead (safety-checked, handed to the
+stimulator, announced to the artifact blanker), read the chunk, keep raw data per the protocol, detect
+spikes (or take the rig's own events), count them into trial windows, hand finished trials to the models
+and the store, checkpoint. Between sessions a simulated rig may skip the rest (nothing is recorded there).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from rigctl.drivers.base import Amplifier
+from rigctl.errors import RigctlError
+from rigctl.online import TrialModel
+from rigctl.protocol import BssProtocol, BssSchedule, PlannedTrial
+from rigctl.safety import GuardedStimulator
+from rigctl.store import SessionStore
+from rigctl.trials import OpenTrial, TrialWindows
+from rigctl.types import Chunk, SpikeEvents
+
+
+@dataclass
+class LoopConfig:
+    lookahead_s: float = 0.2  # commands are handed to the stimulator this far ahead (>= one chunk)
+    realtime: bool = False  # wall-clock run: measure lag, count overruns
+    overrun_budget_s: float = 0.05  # lag beyond which a realtime chunk counts as an overrun
+    progress: bool = True
+
+
+@dataclass
+class LoopStats:
+    chunks: int = 0
+    samples: int = 0
+    overruns: int = 0
+    max_lag_s: float = 0.0
+    skipped_samples: int = 0
+    rejected_commands: int = 0
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Progress:
+    """A tqdm bar on a terminal; one line per session otherwise (CI logs, pipes)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, label: str):
+        self.bar = None
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, unit="trial", desc=label, file=sys.stderr,
+                            dynamic_ncols=True)
+
+    def trial(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def session(self, session: int, sessions: int, mean_evoked: float, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(session=f"{session}/{sessions}", evoked=f"{mean_evoked:.2f}")
+        elif self.enabled:
+            print(f"session {session}/{sessions} done: {done}/{total} trials, "
+                  f"mean evoked {mean_evoked:.2f} spikes/trial", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class BssRunner:
+    """Runs a BSS protocol on one rig (amplifier + guarded stimulator), storing everything."""
+
+    def __init__(self, protocol: BssProtocol, schedule: BssSchedule, amplifier: Amplifier,
+                 stimulator: GuardedStimulator, store: SessionStore, models: list[TrialModel],
+                 make_signal_path: Callable[[], Any] | None, config: LoopConfig = LoopConfig(),
+                 publisher=None, rig_state=None):
+        self.protocol = protocol
+        self.schedule = schedule
+        self.amp = amplifier
+        self.stim = stimulator
+        self.store = store
+        self.models = models
+        self.make_signal_path = make_signal_path
+        self.config = config
+        self.publisher = publisher
+        self.rig_state = rig_state  # object with get_state/set_state (simulated rigs), or None
+        fs = amplifier.sample_rate_hz
+        self.fs = fs
+        w = protocol.response_window_ms
+        self.windows = TrialWindows(amplifier.n_channels, (schedule.ms_to_samples(w[0]), schedule.ms_to_samples(w[1])))
+        self.lookahead = int(round(config.lookahead_s * fs))
+        self.lead_in = int(round(protocol.first_trial_s * fs))
+        self.signal = None
+        self.next_to_schedule = 0
+        self.n_done = 0
+        self.clock = 0  # one past the last sample read
+        self.keep_ranges: dict[str, list[tuple[int, int]]] = {"raw": [], "spikes": []}
+        self.stats = LoopStats()
+        self._session_counts: list[np.ndarray] = []
+
+    # ---- state for checkpoints ----------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "next_to_schedule": self.next_to_schedule, "n_done": self.n_done, "clock": self.clock,
+            "open": [(t.planned.index, t.counts.copy()) for t in self.windows.open],
+            "keep_ranges": {k: list(v) for k, v in self.keep_ranges.items()},
+            "rates": dict(self.stim.rates.last_sample),
+            "signal": None if self.signal is None else self.signal.get_state(),
+            "models": {m.name: m.get_state() for m in self.models},
+            "rig": None if self.rig_state is None else self.rig_state.get_state(),
+            "stats": self.stats,
+            "session_counts": [c.copy() for c in self._session_counts],
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.next_to_schedule = state["next_to_schedule"]
+        self.n_done = state["n_done"]
+        self.clock = state["clock"]
+        self.windows.open = []
+        for index, counts in state["open"]:
+            self.windows.add(self.schedule.trial(index))
+            self.windows.open[-1].counts[:] = counts
+        self.keep_ranges = {k: list(v) for k, v in state["keep_ranges"].items()}
+        self.stim.rates.last_sample = dict(state["rates"])
+        if state["signal"] is not None and self.make_signal_path is not None:
+            self.signal = self.make_signal_path()
+            self.signal.set_state(state["signal"])
+        for m in self.models:
+            if m.name in state["models"]:
+                m.set_state(state["models"][m.name])
+        if self.rig_state is not None and state["rig"] is not None:
+            self.rig_state.set_state(state["rig"])
+        self.stats = state["stats"]
+        self._session_counts = [c.copy() for c in state["session_counts"]]
+
+    def continue_from(self, n_done: int) -> None:
+        """Resume on a rig whose state cannot be restored: start at the first trial not on disk."""
+        self.n_done = n_done
+        self.next_to_schedule = n_done
+
+    def checkpoint(self) -> None:
+        if self.rig_state is None:
+            self.store.flush()
+            return
+        self.store.write_checkpoint(self.get_state())
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def run(self) -> LoopStats:
+        total = self.schedule.n_trials
+        progress = Progress(total, self.n_done, self.config.progress, self.protocol.name)
+        wall0 = time.monotonic()
+        self.amp.start()
+        if self.signal is None and self.make_signal_path is not None:
+            self.signal = self.make_signal_path()
+        self._clock_origin = (time.monotonic(), self.clock)
+        try:
+            while self.n_done < total:
+                self._skip_rest_if_possible()
+                self._schedule_ahead()
+                chunk = self.amp.read()
+                self._process(chunk, progress)
+        except BaseException as exc:
+            self.stim.safe_state()
+            self.store.append_event("fault", error=type(exc).__name__, message=str(exc),
+                                    trials_done=self.n_done, sample=self.clock)
+            self.store.flush()
+            raise
+        finally:
+            progress.close()
+            self.amp.stop()
+            self.stats.wall_s += time.monotonic() - wall0
+            self.store.flush()
+        self.stim.safe_state()
+        return self.stats
+
+    def _skip_rest_if_possible(self) -> None:
+        """Between sessions, jump a simulated rig to the next session's lead-in (nothing is recorded)."""
+        nxt = self.next_to_schedule
+        p = self.protocol
+        if (nxt == 0 or nxt >= self.schedule.n_trials or nxt % p.trials_per_session != 0
+                or self.windows.open or not self.amp.can_skip or p.raw == "all" or p.spikes == "all"):
+            return
+        target = self.schedule.trial_sample(nxt) - self.lead_in
+        if target <= self.clock:
+            return
+        self.amp.skip_to(target)
+        self.stats.skipped_samples += target - self.clock
+        self.clock = target
+        self._clock_origin = (time.monotonic(), self.clock)
+        if self.make_signal_path is not None:
+            self.signal = self.make_signal_path()  # a new recording segment; it settles during the lead-in
+
+    def _schedule_ahead(self) -> None:
+        horizon = self.clock + self.lookahead
+        p = self.protocol
+        while self.next_to_schedule < self.schedule.n_trials:
+            planned = self.schedule.trial(self.next_to_schedule)
+            if planned.sample >= horizon:
+                break
+            if planned.trial == 1:
+                self._begin_session(planned)
+            if planned.command is not None:
+                self.stim.schedule(planned.command)  # SafetyViolation propagates: the run stops, safe state
+                self.store.append_stim(planned.command)
+                if self.signal is not None:
+                    self.signal.expect_pulse(planned.command.sample, planned.command.electrodes,
+                                             planned.command.pulse.duration_us)
+            self.windows.add(planned)
+            for kind, window in (("raw", p.raw_window_ms), ("spikes", p.spike_window_ms)):
+                self.keep_ranges[kind].append((planned.sample + self.schedule.ms_to_samples(window[0]),
+                                               planned.sample + self.schedule.ms_to_samples(window[1])))
+            self.next_to_schedule += 1
+
+    def _begin_session(self, planned: PlannedTrial) -> None:
+        s, o = self.schedule.session_sequence(planned.session)
+        self.store.append_event("session_start", session=planned.session, sample=planned.sample)
+        for m in self.models:
+            payload = m.begin_session(planned.session, o)
+            if payload is not None:
+                self.store.append_model_session(m.name, planned.session, "prediction", payload)
+        if self.publisher is not None:
+            self.publisher.publish("session_start", {"session": planned.session})
+
+    def _kept(self, kind: str, first: int, end: int) -> list[tuple[int, int]]:
+        """Intersections of [first, end) with the keep ranges of `kind`; prunes ranges already passed."""
+        ranges = self.keep_ranges[kind]
+        out = [(max(a, first), min(b, end)) for a, b in ranges if a < end and b > first]
+        self.keep_ranges[kind] = [r for r in ranges if r[1] > end]
+        return out
+
+    def _process(self, chunk: Chunk, progress: Progress) -> None:
+        p = self.protocol
+        if chunk.first_sample != self.clock:
+            raise RigctlError(f"amplifier skipped from sample {self.clock} to {chunk.first_sample}")
+        # raw data first: it must reach disk before anything else may fail
+        if chunk.samples.shape[1]:
+            if p.raw == "all":
+                self.store.append_raw(chunk.first_sample, chunk.samples)
+            elif p.raw == "trials":
+                for a, b in self._kept("raw", chunk.first_sample, chunk.end_sample):
+                    self.store.append_raw(a, chunk.samples[a - chunk.first_sample:b - chunk.first_sample])
+        self.clock = chunk.end_sample
+        self.stim.on_chunk(chunk.end_sample)
+        if chunk.spikes is not None:
+            spikes, processed_until = chunk.spikes, chunk.end_sample
+        else:
+            spikes = self.signal.process(chunk)
+            processed_until = self.signal.processed_until
+        if len(spikes):
+            if p.spikes == "all":
+                self.store.append_spikes(spikes)
+            else:
+                for a, b in self._kept("spikes", int(spikes.sample[0]), int(spikes.sample[-1]) + 1):
+                    lo, hi = np.searchsorted(spikes.sample, (a, b))
+                    self.store.append_spikes(spikes.select(slice(lo, hi)))
+            self.windows.count(spikes)
+        for t in self.windows.complete(processed_until):
+            self._finish_trial(t, progress)
+        self.stats.chunks += 1
+        self.stats.samples += chunk.n_samples
+        if self.config.realtime:
+            self._check_lag(chunk)
+        self.store.flush()
+
+    def _check_lag(self, chunk: Chunk) -> None:
+        wall0, sample0 = self._clock_origin
+        lag = (time.monotonic() - wall0) - (chunk.end_sample - sample0) / self.fs
+        self.stats.max_lag_s = max(self.stats.max_lag_s, lag)
+        if lag > self.config.overrun_budget_s:
+            self.stats.overruns += 1
+            self.store.append_event("overrun", sample=chunk.end_sample, lag_s=round(lag, 6))
+            if self.publisher is not None:
+                self.publisher.publish("overrun", {"sample": chunk.end_sample, "lag_s": lag})
+
+    def _finish_trial(self, t: OpenTrial, progress: Progress) -> None:
+        record = t.record()
+        self.store.append_trial(record)
+        for m in self.models:
+            m.update(record)
+        self._session_counts.append(record.counts)
+        self.n_done += 1
+        progress.trial()
+        if self.publisher is not None:
+            self.publisher.publish("trial", {"session": record.session, "trial": record.trial,
+                                             "sample": record.sample, "counts": record.counts.tolist()})
+        p = self.protocol
+        session_end = record.trial == p.trials_per_session
+        if session_end:
+            self._end_session(record.session, progress)
+        if session_end or self.n_done % p.checkpoint_every_trials == 0:
+            self.checkpoint()
+
+    def _end_session(self, session: int, progress: Progress) -> None:
+        counts = np.array(self._session_counts)
+        mean_evoked = float(counts.sum(axis=1).mean()) if len(counts) else 0.0
+        self._session_counts = []
+        self.store.append_event("session_end", session=session, trials=len(counts),
+                                mean_evoked_per_trial=mean_evoked, overruns=self.stats.overruns)
+        for m in self.models:
+            self.store.append_model_session(m.name, session, "end", m.end_session(session))
+        if self.publisher is not None:
+            self.publisher.publish("session_end", {"session": session, "mean_evoked_per_trial": mean_evoked})
+        progress.session(session, self.protocol.sessions, mean_evoked, self.n_done, self.schedule.n_trials)

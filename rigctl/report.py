@@ -1,0 +1,161 @@
+"""Run report: summary.json and PNG plots, computed from the stored trial table (the source of truth)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rigctl.export import load_run_trials
+from rigctl.store import load_run_meta, read_jsonl
+
+
+def session_response_stats(t: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Per session: trials, mean evoked spikes per trial (all electrodes), and per electrode the mean count
+    given each source on and off. Selectivity index per electrode and source: (on - off) / (on + off)."""
+    out = []
+    for k in np.unique(t["session"]):
+        m = t["session"] == k
+        r, s = t["r"][m].astype(np.float64), t["s"][m]
+        entry: dict[str, Any] = {"index": int(k), "trials": int(m.sum()),
+                                 "mean_evoked_per_trial": round(float(r.sum(axis=1).mean()), 4),
+                                 "mean_per_electrode": r.mean(axis=0).round(4).tolist(),
+                                 "response_to_source": {}, "selectivity_index": {}}
+        for j in range(s.shape[1]):
+            on = r[s[:, j] == 1].mean(axis=0) if (s[:, j] == 1).any() else np.zeros(r.shape[1])
+            off = r[s[:, j] == 0].mean(axis=0) if (s[:, j] == 0).any() else np.zeros(r.shape[1])
+            denom = on + off
+            idx = np.where(denom > 0, (on - off) / np.where(denom > 0, denom, 1.0), 0.0)
+            entry["response_to_source"][f"s{j + 1}"] = {"on": on.round(4).tolist(), "off": off.round(4).tolist()}
+            entry["selectivity_index"][f"s{j + 1}"] = idx.round(4).tolist()
+        out.append(entry)
+    return out
+
+
+def ensemble_analysis(t: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """The paper's ensemble separation per session (spec §2.2-2.4), if the model package provides it."""
+    try:
+        from rigctl.model.ensembles import separation_by_session
+    except ImportError:
+        return None
+    try:
+        res = separation_by_session(t["s"], t["r"], t["session"])
+    except Exception as exc:  # an empty ensemble is a finding, not a crash of the report
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    sep = np.asarray(res.separation, dtype=float)
+    n = len(sep)
+    last = sep[max(0, n - 10):]
+    states = ("11", "10", "01", "00")
+    state_means = np.asarray(res.state_means, dtype=float)  # [ensemble, session, state]
+    return {
+        "g1": [int(e) for e in res.g1], "g2": [int(e) for e in res.g2],
+        "separation": [round(float(x), 5) for x in sep],
+        "separation_last10": round(float(np.mean(last)), 5),
+        "x_s1_on": np.round(res.x_s1_on, 5).tolist(), "x_s1_off": np.round(res.x_s1_off, 5).tolist(),
+        "x_s2_on": np.round(res.x_s2_on, 5).tolist(), "x_s2_off": np.round(res.x_s2_off, 5).tolist(),
+        "state_means": {f"ensemble{i + 1}": {st: np.round(state_means[i, :, j], 4).tolist()
+                                             for j, st in enumerate(states)} for i in range(state_means.shape[0])},
+    }
+
+
+def build_summary(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    meta = load_run_meta(run_dir)
+    t = load_run_trials(run_dir)
+    sessions = session_response_stats(t)
+    events = read_jsonl(run_dir / "events.jsonl")
+    model_rows = read_jsonl(run_dir / "model_sessions.jsonl")
+    summary: dict[str, Any] = {
+        "protocol": meta["protocol"], "seed": meta["seed"], "rig": meta["rig"], "drug": meta.get("drug", "none"),
+        "status": meta.get("status"), "rigctl_version": meta.get("rigctl_version"),
+        "trials": int(len(t["session"])), "sessions_completed": sum(1 for s in sessions
+                                                                    if s["trials"] == _trials_per_session(run_dir)),
+        "overruns": sum(1 for e in events if e.get("event") == "overrun"),
+        "mean_evoked_per_trial": round(float(np.mean([s["mean_evoked_per_trial"] for s in sessions])), 4),
+        "selectivity_definition": "per electrode and source j: (mean count | s_j=1 - mean count | s_j=0) / (sum)",
+        "sessions": sessions,
+    }
+    ens = ensemble_analysis(t)
+    if ens is not None:
+        summary["ensembles"] = ens
+    model: dict[str, Any] = {}
+    for row in model_rows:
+        if row.get("model") == "selectivity":
+            continue
+        model.setdefault(row["model"], []).append(row)
+    if model:
+        summary["model"] = {"per_session": model}
+    try:
+        from rigctl.model.report import run_model_summary  # the free-energy model's own summary
+        extra = run_model_summary(run_dir)
+        if extra:
+            summary.setdefault("model", {}).update(extra)
+    except ImportError:
+        pass
+    return summary
+
+
+def _trials_per_session(run_dir: Path) -> int:
+    import yaml
+    return int(yaml.safe_load((Path(run_dir) / "protocol.yaml").read_text())["trials_per_session"])
+
+
+def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    paths = []
+    sessions = summary["sessions"]
+    idx = [s["index"] for s in sessions]
+    title = f"{summary['protocol']} seed {summary['seed']} ({summary['rig']}, drug {summary['drug']})"
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(idx, [s["mean_evoked_per_trial"] for s in sessions], "k.-")
+    axes[0].set(xlabel="session", ylabel="evoked spikes per trial (all electrodes)", title="evoked response")
+    sel = np.array([[s["selectivity_index"]["s1"][e] for e in range(len(s["selectivity_index"]["s1"]))]
+                    for s in sessions])
+    im = axes[1].imshow(sel.T, aspect="auto", cmap="coolwarm", vmin=-1, vmax=1, origin="lower",
+                        extent=(idx[0] - 0.5, idx[-1] + 0.5, -0.5, sel.shape[1] - 0.5))
+    axes[1].set(xlabel="session", ylabel="electrode", title="selectivity to source 1")
+    fig.colorbar(im, ax=axes[1])
+    fig.suptitle(title)
+    fig.tight_layout()
+    p = out_dir / "evoked_selectivity.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    paths.append(p)
+
+    ens = summary.get("ensembles")
+    if ens and "separation" in ens:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        axes[0].plot(idx[:len(ens["separation"])], ens["separation"], "k.-")
+        axes[0].axhline(0, color="grey", lw=0.5)
+        axes[0].set(xlabel="session", ylabel="separation", title="ensemble separation (spec §2.4)")
+        for ax, key, name in ((axes[1], "ensemble1", "source-1 ensemble"), (axes[2], "ensemble2", "source-2 ensemble")):
+            for st, colour in zip(("11", "10", "01", "00"), ("k", "r", "b", "grey")):
+                ax.plot(idx[:len(ens["state_means"][key][st])], ens["state_means"][key][st], ".-", color=colour,
+                        label=f"s={st[0]},{st[1]}", ms=3)
+            ax.set(xlabel="session", ylabel="mean raw response (spikes/stim)", title=name)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{title}: G1={len(ens['g1'])} electrodes, G2={len(ens['g2'])} electrodes")
+        fig.tight_layout()
+        p = out_dir / "ensembles.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    summary = build_summary(run_dir)
+    summary["plots"] = [p.name for p in plot_summary(summary, run_dir)]
+    path = run_dir / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    tmp.replace(path)
+    return path

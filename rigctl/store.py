@@ -1,0 +1,257 @@
+"""Session store: one directory per run, append-only files, crash-safe resume by truncation.
+
+Layout (see docs/store.md):
+  run.json            run metadata: protocol name, seed, rig, software version, shapes, status
+  protocol.yaml       the resolved protocol, exactly as run
+  trials.bin          fixed-size records (TRIAL dtype): session, trial, sample, sources, stimuli, counts
+  spikes.bin          16-byte records: sample int64, channel int32, amplitude_uV float32
+  stims.bin           one record per (command, electrode): sample, electrode, pulse parameters
+  raw.bin, raw_index.bin   kept raw int16 samples (interleaved) and their (first_sample, n, offset) index
+  events.jsonl        session starts/ends, overruns, faults, resumes (one JSON object per line)
+  model_sessions.jsonl     per-session outputs of the online models (predictions, free energy, ...)
+  checkpoint.pkl      latest checkpoint: loop/rig/model state and the byte length of every file above
+Records are flushed to the OS after every chunk; a SIGKILL loses at most the records of the chunk in flight,
+and `resume` truncates every file back to the checkpoint's lengths before continuing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rigctl.errors import StoreError
+from rigctl.types import SpikeEvents, StimCommand, TrialRecord
+
+SPIKE_DTYPE = np.dtype([("sample", "<i8"), ("channel", "<i4"), ("amplitude_uV", "<f4")])
+STIM_DTYPE = np.dtype([("sample", "<i8"), ("electrode", "<i4"), ("unit", "u1"), ("pad", "u1", (3,)),
+                       ("phase1_amplitude", "<f4"), ("phase1_us", "<f4"), ("interphase_us", "<f4"),
+                       ("phase2_amplitude", "<f4"), ("phase2_us", "<f4")])
+RAW_INDEX_DTYPE = np.dtype([("first_sample", "<i8"), ("n_samples", "<i8"), ("offset", "<i8")])
+UNIT_CODES = {"uA": 0, "mV": 1}
+APPEND_FILES = ("trials.bin", "spikes.bin", "stims.bin", "raw.bin", "raw_index.bin", "events.jsonl",
+                "model_sessions.jsonl")
+
+
+def trial_dtype(n_sources: int, n_stimuli: int, n_electrodes: int) -> np.dtype:
+    return np.dtype([("session", "<i4"), ("trial", "<i4"), ("sample", "<i8"),
+                     ("sources", "u1", (n_sources,)), ("stimuli", "u1", (n_stimuli,)),
+                     ("counts", "<i4", (n_electrodes,))])
+
+
+def read_records(path: Path, dtype: np.dtype) -> np.ndarray:
+    """All complete records of an append-only file (a torn last record is ignored)."""
+    if not path.exists():
+        return np.empty(0, dtype)
+    n = path.stat().st_size // dtype.itemsize
+    return np.fromfile(path, dtype=dtype, count=n)
+
+
+@dataclass
+class RunInfo:
+    """What run.json holds; everything needed to reopen the run."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def trial_dtype(self) -> np.dtype:
+        shp = self.meta["shapes"]
+        return trial_dtype(shp["n_sources"], shp["n_stimuli"], shp["n_electrodes"])
+
+
+class SessionStore:
+    """Append-only writer for one run directory."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], *, create: bool):
+        self.path = Path(path)
+        if create:
+            if self.path.exists() and any(self.path.iterdir()):
+                raise StoreError(f"{self.path} already exists and is not empty; choose another --out "
+                                 f"or resume it with `rigctl run --resume {self.path}`")
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._write_json("run.json", meta)
+        self.meta = meta
+        self.info = RunInfo(self.path, meta)
+        self._files = {name: open(self.path / name, "ab") for name in APPEND_FILES}
+        self._raw_offset = (self.path / "raw.bin").stat().st_size
+
+    # ---- opening -------------------------------------------------------------------------------
+    @staticmethod
+    def open_existing(path: Path) -> "SessionStore":
+        meta = load_run_meta(path)
+        return SessionStore(path, meta, create=False)
+
+    def _write_json(self, name: str, obj: Any) -> None:
+        tmp = self.path / (name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, self.path / name)
+
+    def update_meta(self, **fields: Any) -> None:
+        self.meta.update(fields)
+        self._write_json("run.json", self.meta)
+
+    def write_text(self, name: str, text: str) -> None:
+        tmp = self.path / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.path / name)
+
+    # ---- appending -----------------------------------------------------------------------------
+    def append_trial(self, trial: TrialRecord) -> None:
+        rec = np.zeros(1, self.info.trial_dtype)
+        rec["session"], rec["trial"], rec["sample"] = trial.session, trial.trial, trial.sample
+        rec["sources"][0] = trial.sources
+        rec["stimuli"][0] = trial.stimuli
+        rec["counts"][0] = trial.counts
+        self._files["trials.bin"].write(rec.tobytes())
+
+    def append_spikes(self, spikes: SpikeEvents) -> None:
+        if len(spikes) == 0:
+            return
+        rec = np.empty(len(spikes), SPIKE_DTYPE)
+        rec["sample"], rec["channel"], rec["amplitude_uV"] = spikes.sample, spikes.channel, spikes.amplitude_uV
+        self._files["spikes.bin"].write(rec.tobytes())
+
+    def append_stim(self, command: StimCommand) -> None:
+        p = command.pulse
+        rec = np.zeros(len(command.electrodes), STIM_DTYPE)
+        rec["sample"] = command.sample
+        rec["electrode"] = command.electrodes
+        rec["unit"] = UNIT_CODES[p.unit]
+        rec["phase1_amplitude"], rec["phase1_us"] = p.phase1_amplitude, p.phase1_us
+        rec["interphase_us"] = p.interphase_us
+        rec["phase2_amplitude"], rec["phase2_us"] = p.phase2_amplitude, p.phase2_us
+        self._files["stims.bin"].write(rec.tobytes())
+
+    def append_raw(self, first_sample: int, samples: np.ndarray) -> None:
+        if samples.size == 0:
+            return
+        data = np.ascontiguousarray(samples, dtype="<i2").tobytes()
+        idx = np.array([(first_sample, samples.shape[0], self._raw_offset)], RAW_INDEX_DTYPE)
+        self._files["raw.bin"].write(data)
+        self._files["raw_index.bin"].write(idx.tobytes())
+        self._raw_offset += len(data)
+
+    def append_event(self, kind: str, **fields: Any) -> None:
+        line = json.dumps({"event": kind, **fields}, default=_json_default) + "\n"
+        self._files["events.jsonl"].write(line.encode())
+
+    def append_model_session(self, model: str, session: int, phase: str, payload: dict) -> None:
+        line = json.dumps({"model": model, "session": session, "phase": phase, **payload},
+                          default=_json_default) + "\n"
+        self._files["model_sessions.jsonl"].write(line.encode())
+
+    def flush(self) -> None:
+        for f in self._files.values():
+            f.flush()
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def file_lengths(self) -> dict[str, int]:
+        self.flush()
+        return {name: f.tell() for name, f in self._files.items()}
+
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        """Flush and fsync every file, then atomically replace checkpoint.pkl."""
+        lengths = self.file_lengths()
+        for f in self._files.values():
+            os.fsync(f.fileno())
+        tmp = self.path / "checkpoint.pkl.tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump({"lengths": lengths, "state": state}, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / "checkpoint.pkl")
+
+    def read_checkpoint(self) -> dict[str, Any] | None:
+        path = self.path / "checkpoint.pkl"
+        if not path.exists():
+            return None
+        with open(path, "rb") as f:
+            return pickle.load(f)
+
+    def truncate_to(self, lengths: dict[str, int]) -> None:
+        """Cut every append file back to `lengths` (files missing from it are emptied)."""
+        for name in APPEND_FILES:
+            f = self._files[name]
+            f.flush()
+            f.truncate(lengths.get(name, 0))
+            f.seek(0, os.SEEK_END)
+        self._raw_offset = (self.path / "raw.bin").stat().st_size
+
+    def drop_torn_records(self) -> None:
+        """Cut each fixed-size record file to a whole number of records (after a crash)."""
+        for name, dtype in (("trials.bin", self.info.trial_dtype), ("spikes.bin", SPIKE_DTYPE),
+                            ("stims.bin", STIM_DTYPE), ("raw_index.bin", RAW_INDEX_DTYPE)):
+            f = self._files[name]
+            f.flush()
+            size = os.path.getsize(self.path / name)
+            f.truncate(size - size % dtype.itemsize)
+            f.seek(0, os.SEEK_END)
+        for name in ("events.jsonl", "model_sessions.jsonl"):
+            p = self.path / name
+            data = p.read_bytes()
+            if data and not data.endswith(b"\n"):
+                f = self._files[name]
+                f.truncate(data.rfind(b"\n") + 1)
+                f.seek(0, os.SEEK_END)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            try:
+                f.flush()
+                f.close()
+            except ValueError:
+                pass
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def load_run_meta(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_path = path / "run.json"
+    if not meta_path.exists():
+        raise StoreError(f"{path} is not a rigctl run directory (no run.json)")
+    try:
+        return json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{meta_path}: corrupt JSON ({exc})") from exc
+
+
+def read_trials(path: Path) -> np.ndarray:
+    """Every complete trial record of a run, as a structured array (TRIAL dtype)."""
+    info = RunInfo(Path(path), load_run_meta(path))
+    return read_records(Path(path) / "trials.bin", info.trial_dtype)
+
+
+def read_spikes(path: Path) -> np.ndarray:
+    return read_records(Path(path) / "spikes.bin", SPIKE_DTYPE)
+
+
+def read_stims(path: Path) -> np.ndarray:
+    return read_records(Path(path) / "stims.bin", STIM_DTYPE)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line after a crash
+    return out

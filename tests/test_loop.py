@@ -1,0 +1,126 @@
+"""The loop end to end on a fake culture: store contents, determinism, export, and resume after SIGKILL."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fakes import fake_rig_factory
+from rigctl.export import csv_header, load_run_trials, write_trials_csv
+from rigctl.protocol import BssSchedule, load_protocol
+from rigctl.session import RunOptions, resume_run, start_run
+from rigctl.store import load_run_meta, read_jsonl, read_spikes, read_stims, read_trials
+
+TESTS = Path(__file__).parent
+
+
+def run(protocol, out, seed=1, rig="sim-events", **kw):
+    opts = RunOptions(rig=rig, seed=seed, progress=False, **kw)
+    return start_run(str(protocol), opts, out, rig_factory=fake_rig_factory)
+
+
+def test_store_holds_what_it_claims(small_protocol, tmp_path):
+    out = run(small_protocol, tmp_path / "r")
+    meta = load_run_meta(out)
+    assert meta["status"] == "complete" and meta["seed"] == 1 and meta["protocol"] == "small_bss"
+    p = load_protocol(out / "protocol.yaml")
+    assert p.sessions == 3 and p.trials_per_session == 20
+    trials = read_trials(out)
+    assert len(trials) == 60
+    assert list(trials["session"]) == [k for k in (1, 2, 3) for _ in range(20)]
+    assert list(trials["trial"]) == list(range(1, 21)) * 3
+    sched = BssSchedule(p, 1, 25000.0)
+    stims = read_stims(out)
+    for i, t in enumerate(trials):
+        planned = sched.trial(i)
+        assert t["sample"] == planned.sample
+        assert np.array_equal(t["sources"], planned.sources) and np.array_equal(t["stimuli"], planned.stimuli)
+        # every stimulated electrode of the trial is in the stimulus log at the trial's sample
+        logged = set(stims["electrode"][stims["sample"] == planned.sample].tolist())
+        assert logged == set(planned.command.electrodes if planned.command else ())
+    # counts equal the stored spikes inside each response window (spikes are kept around trials)
+    spikes = read_spikes(out)
+    w0, w1 = sched.ms_to_samples(10), sched.ms_to_samples(30)
+    for t in trials[:15]:
+        m = (spikes["sample"] >= t["sample"] + w0) & (spikes["sample"] < t["sample"] + w1)
+        assert np.array_equal(np.bincount(spikes["channel"][m], minlength=64), t["counts"])
+    # stimulated electrodes respond more than in trials where nothing was stimulated
+    on = trials["stimuli"].sum(axis=1) > 0
+    assert trials["counts"][on].sum(axis=1).mean() > 3 * trials["counts"][~on].sum(axis=1).mean()
+    events = [e["event"] for e in read_jsonl(out / "events.jsonl")]
+    assert events.count("session_end") == 3 and events[-1] == "run_end"
+    assert (out / "checkpoint.pkl").exists()
+
+
+def test_same_seed_same_trials_other_seed_other_schedule(small_protocol, tmp_path):
+    a = read_trials(run(small_protocol, tmp_path / "a", seed=4))
+    b = read_trials(run(small_protocol, tmp_path / "b", seed=4))
+    c = read_trials(run(small_protocol, tmp_path / "c", seed=5))
+    assert a.tobytes() == b.tobytes()
+    assert not np.array_equal(a["stimuli"], c["stimuli"])
+
+
+def test_refuses_to_overwrite_a_run(small_protocol, tmp_path):
+    from rigctl.errors import StoreError
+    run(small_protocol, tmp_path / "r")
+    with pytest.raises(StoreError, match="not empty"):
+        run(small_protocol, tmp_path / "r")
+
+
+def test_export_csv_header_and_rows(small_protocol, tmp_path):
+    out = run(small_protocol, tmp_path / "r")
+    buf = io.StringIO()
+    assert write_trials_csv(out, buf) == 60
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == csv_header(32, 64)
+    assert lines[0].startswith("session,trial,sample,s1,s2,o1,") and lines[0].endswith(",r64")
+    assert ",o32,r1," in lines[0]
+    t = load_run_trials(out)
+    row = [int(x) for x in lines[5].split(",")]
+    assert row[:3] == [1, 5, int(t["sample"][4])]
+    assert row[3:5] == t["s"][4].tolist() and row[5:37] == t["o"][4].tolist() and row[37:] == t["r"][4].tolist()
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from fakes import fake_rig_factory
+from rigctl.session import RunOptions, start_run
+start_run({protocol!r}, RunOptions(rig="sim-events", seed=2, progress=False, chunk_ms=2.0), {out!r},
+          rig_factory=fake_rig_factory)
+"""
+
+
+@pytest.mark.parametrize("kill_after_trials", [1, 9, 23, 41])
+def test_resume_after_sigkill_gives_the_uninterrupted_trials(small_protocol, tmp_path, kill_after_trials):
+    reference = run(small_protocol, tmp_path / "ref", seed=2, chunk_ms=2.0)
+    out = tmp_path / "killed"
+    code = KILL_SCRIPT.format(tests=str(TESTS), protocol=str(small_protocol), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    trial_bytes = read_trials(reference).dtype.itemsize
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        path = out / "trials.bin"
+        if path.exists() and path.stat().st_size >= kill_after_trials * trial_bytes:
+            break
+        time.sleep(0.002)  # polling the file size, not papering over a race
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_run_meta(out)["status"] == "running"
+    resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
+    assert load_run_meta(out)["status"] == "complete"
+    for reader in (read_trials, read_spikes, read_stims):
+        assert reader(out).tobytes() == reader(reference).tobytes(), reader.__name__
+
+
+def test_resume_refuses_a_complete_run(small_protocol, tmp_path):
+    from rigctl.errors import StoreError
+    out = run(small_protocol, tmp_path / "r")
+    with pytest.raises(StoreError, match="already complete"):
+        resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
