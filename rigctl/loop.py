@@ -19,7 +19,7 @@ from rigctl.drivers.base import Amplifier
 from rigctl.errors import RigctlError
 from rigctl.online import TrialModel
 from rigctl.protocol import BssProtocol, BssSchedule, PlannedTrial
-from rigctl.safety import GuardedStimulator
+from rigctl.safety import GuardedStimulator, Watchdog
 from rigctl.store import SessionStore
 from rigctl.trials import OpenTrial, TrialWindows
 from rigctl.types import Chunk, SpikeEvents
@@ -30,6 +30,7 @@ class LoopConfig:
     lookahead_s: float = 0.2  # commands are handed to the stimulator this far ahead (>= one chunk)
     realtime: bool = False  # wall-clock run: measure lag, count overruns
     overrun_budget_s: float = 0.05  # lag beyond which a realtime chunk counts as an overrun
+    watchdog_s: float = 1.0  # realtime: no chunk processed for this long -> stimulator to safe state
     progress: bool = True
 
 
@@ -78,7 +79,7 @@ class BssRunner:
     def __init__(self, protocol: BssProtocol, schedule: BssSchedule, amplifier: Amplifier,
                  stimulator: GuardedStimulator, store: SessionStore, models: list[TrialModel],
                  make_signal_path: Callable[[], Any] | None, config: LoopConfig = LoopConfig(),
-                 publisher=None, rig_state=None):
+                 publisher=None, rig_state=None, reactions: list | None = None):
         self.protocol = protocol
         self.schedule = schedule
         self.amp = amplifier
@@ -89,6 +90,8 @@ class BssRunner:
         self.config = config
         self.publisher = publisher
         self.rig_state = rig_state  # object with get_state/set_state (simulated rigs), or None
+        # closed-loop rules: rule(spikes, now_sample) -> list[StimCommand], run on every chunk's spikes
+        self.reactions = list(reactions or [])
         fs = amplifier.sample_rate_hz
         self.fs = fs
         w = protocol.response_window_ms
@@ -158,12 +161,15 @@ class BssRunner:
         if self.signal is None and self.make_signal_path is not None:
             self.signal = self.make_signal_path()
         self._clock_origin = (time.monotonic(), self.clock)
+        watchdog = Watchdog(self.config.watchdog_s, self._on_stall).start() if self.config.realtime else None
         try:
             while self.n_done < total:
                 self._skip_rest_if_possible()
                 self._schedule_ahead()
                 chunk = self.amp.read()
                 self._process(chunk, progress)
+                if watchdog is not None:
+                    watchdog.kick()
         except BaseException as exc:
             self.stim.safe_state()
             self.store.append_event("fault", error=type(exc).__name__, message=str(exc),
@@ -171,12 +177,19 @@ class BssRunner:
             self.store.flush()
             raise
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             progress.close()
             self.amp.stop()
             self.stats.wall_s += time.monotonic() - wall0
             self.store.flush()
         self.stim.safe_state()
         return self.stats
+
+    def _on_stall(self) -> None:
+        """Watchdog thread: the loop stopped processing chunks; stop stimulating (the store is the loop's)."""
+        self.stim.safe_state()
+        self.stats.extra["watchdog_fired"] = True
 
     def _skip_rest_if_possible(self) -> None:
         """Between sessions, jump a simulated rig to the next session's lead-in (nothing is recorded)."""
@@ -205,16 +218,20 @@ class BssRunner:
             if planned.trial == 1:
                 self._begin_session(planned)
             if planned.command is not None:
-                self.stim.schedule(planned.command)  # SafetyViolation propagates: the run stops, safe state
-                self.store.append_stim(planned.command)
-                if self.signal is not None:
-                    self.signal.expect_pulse(planned.command.sample, planned.command.electrodes,
-                                             planned.command.pulse.duration_us)
+                self._deliver(planned.command)
             self.windows.add(planned)
             for kind, window in (("raw", p.raw_window_ms), ("spikes", p.spike_window_ms)):
                 self.keep_ranges[kind].append((planned.sample + self.schedule.ms_to_samples(window[0]),
                                                planned.sample + self.schedule.ms_to_samples(window[1])))
             self.next_to_schedule += 1
+
+    def _deliver(self, command) -> None:
+        """Safety-check and hand a command to the stimulator, log it, warn the artifact blanker.
+        A SafetyViolation propagates: the run stops and the stimulator goes to its safe state."""
+        self.stim.schedule(command)
+        self.store.append_stim(command)
+        if self.signal is not None:
+            self.signal.expect_pulse(command.sample, command.electrodes, command.pulse.duration_us)
 
     def _begin_session(self, planned: PlannedTrial) -> None:
         s, o = self.schedule.session_sequence(planned.session)
@@ -259,6 +276,9 @@ class BssRunner:
                     lo, hi = np.searchsorted(spikes.sample, (a, b))
                     self.store.append_spikes(spikes.select(slice(lo, hi)))
             self.windows.count(spikes)
+            for rule in self.reactions:
+                for command in rule(spikes, chunk.end_sample):
+                    self._deliver(command)
         for t in self.windows.complete(processed_until):
             self._finish_trial(t, progress)
         self.stats.chunks += 1
