@@ -140,6 +140,14 @@ class GuardedStimulator(Stimulator):
         self.rates.record(command.electrodes, command.sample)
         self.delivered += 1
 
+    def on_chunk(self, end_sample: int) -> None:
+        """Forward the clock to the driver (software-triggered devices fire here); a fault goes safe."""
+        try:
+            self.inner.on_chunk(end_sample)
+        except Exception:
+            self.safe_state()
+            raise
+
     def abort(self) -> None:
         self.inner.abort()
 

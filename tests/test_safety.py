@@ -82,3 +82,24 @@ def test_watchdog_fires_when_not_kicked_and_not_when_kicked():
         assert not fired2.wait(0.05)
     dog2.stop()
     assert not dog2.fired
+
+
+def test_guard_forwards_the_clock_and_goes_safe_when_the_driver_fails_there():
+    class Clocked(Recorder):
+        def __init__(self, fail_at=None):
+            super().__init__()
+            self.ticks, self.fail_at = [], fail_at
+
+        def on_chunk(self, end_sample):
+            if end_sample == self.fail_at:
+                raise DeviceError("device stopped answering")
+            self.ticks.append(end_sample)
+
+    inner = Clocked(fail_at=300)
+    g = GuardedStimulator(inner, SafetyLimits(), 25000.0)
+    g.on_chunk(100)
+    g.on_chunk(200)
+    assert inner.ticks == [100, 200] and inner.safe == 0
+    with pytest.raises(DeviceError):
+        g.on_chunk(300)
+    assert inner.safe == 1
