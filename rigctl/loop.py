@@ -212,9 +212,9 @@ class BssRunner:
         horizon = self.clock + self.lookahead
         p = self.protocol
         while self.next_to_schedule < self.schedule.n_trials:
-            planned = self.schedule.trial(self.next_to_schedule)
-            if planned.sample >= horizon:
+            if self.schedule.trial_sample(self.next_to_schedule) >= horizon:
                 break
+            planned = self.schedule.trial(self.next_to_schedule)
             if planned.trial == 1:
                 self._begin_session(planned)
             if planned.command is not None:

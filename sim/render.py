@@ -18,13 +18,25 @@ INT16_MAX = 32767
 
 @njit(cache=True)
 def _render_noise(out, first_sample, bank1, bank2, off1, off2, scale):
+    """out[i, ch] = (bank1[(t + off1[ch]) % l1] + bank2[(t + off2[ch]) % l2]) * scale, t = first_sample + i;
+    the modulo is taken once per channel and the indices wrap by comparison (it dominated the cost)."""
     n, c = out.shape
     l1 = bank1.shape[0]
     l2 = bank2.shape[0]
+    i1 = np.empty(c, np.int64)
+    i2 = np.empty(c, np.int64)
+    for ch in range(c):
+        i1[ch] = (first_sample + off1[ch]) % l1
+        i2[ch] = (first_sample + off2[ch]) % l2
     for i in range(n):
-        t = first_sample + i
         for ch in range(c):
-            out[i, ch] = (bank1[(t + off1[ch]) % l1] + bank2[(t + off2[ch]) % l2]) * scale
+            out[i, ch] = (bank1[i1[ch]] + bank2[i2[ch]]) * scale
+            i1[ch] += 1
+            if i1[ch] == l1:
+                i1[ch] = 0
+            i2[ch] += 1
+            if i2[ch] == l2:
+                i2[ch] = 0
 
 
 @njit(cache=True)

@@ -1,0 +1,153 @@
+"""`rigctl emulate pulsepal|rhx|openephys`: run one device emulator on its own, wired to a simulated
+culture, and print where to connect, so any client (rigctl's driver or the vendor's) can talk to it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from rigctl.errors import RigctlError
+
+DEVICES = ("pulsepal", "rhx", "openephys")
+
+
+def _parse_outputs(text: str) -> dict[int, tuple[int, ...]]:
+    """`1:0,2:2+3` -> {1: (0,), 2: (2, 3)}."""
+    out: dict[int, tuple[int, ...]] = {}
+    try:
+        for part in text.split(","):
+            ch, els = part.split(":")
+            out[int(ch)] = tuple(int(e) for e in els.split("+"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed: OUTPUT:ELECTRODE[+ELECTRODE...],... "
+                                         "e.g. 1:0,2:2,3:4,4:6") from exc
+    bad = [k for k in out if not 1 <= k <= 4]
+    if bad:
+        raise argparse.ArgumentTypeError(f"output(s) {bad}: allowed: 1..4")
+    return out
+
+
+def _sim_backend(args: argparse.Namespace, mode: str):
+    from rigctl.sim.rig import SimRig
+
+    try:
+        return SimRig(sample_rate_hz=args.sample_rate_hz, seed=args.seed, mode=mode, drug=args.drug,
+                      realtime=args.realtime)
+    except ImportError as exc:
+        raise RigctlError(f"the simulated culture is not available in this build ({exc})") from exc
+
+
+class _WallClockReader:
+    """Reads the culture in step with the wall clock, for emulators that serve no data themselves."""
+
+    def __init__(self, bus, stop: threading.Event):
+        self.bus = bus
+        self.stop = stop
+        self.thread = threading.Thread(target=self._run, name="culture-clock", daemon=True)
+
+    def _run(self) -> None:
+        fs = self.bus.sample_rate_hz
+        t0, s0 = time.monotonic(), self.bus.now_sample
+        self.bus.start()
+        while not self.stop.is_set():
+            due = t0 + (self.bus.now_sample - s0) / fs
+            if self.stop.wait(max(0.0, due - time.monotonic())):
+                break
+            self.bus.read()
+
+
+def serve_pulsepal(args: argparse.Namespace, backend, ready: Callable[[dict], None], stop: threading.Event) -> int:
+    from rigctl.sim._emulator_backend import StimulusBus
+    from rigctl.sim.pulsepal_emulator import PulsePalEmulator
+
+    bus = StimulusBus(backend)
+    emu = PulsePalEmulator(bus, args.outputs, sample_rate_hz=backend.sample_rate_hz).start()
+
+    def show(cmd) -> None:
+        p = cmd.pulse
+        print(f"pulse at sample {cmd.sample} on electrodes {list(cmd.electrodes)}: {p.phase1_amplitude:g}/"
+              f"{p.phase2_amplitude:g} {p.unit}, {p.phase1_us:g}/{p.interphase_us:g}/{p.phase2_us:g} µs", flush=True)
+
+    emu.on_pulse = show
+    clock = _WallClockReader(bus, stop)
+    clock.thread.start()
+    try:
+        ready({"device": "pulsepal", "port": emu.port, "firmware_version": emu.firmware_version,
+               "outputs": {k: list(v) for k, v in args.outputs.items()}})
+        stop.wait(args.duration_s)
+    finally:
+        stop.set()
+        clock.thread.join(timeout=2.0)
+        emu.close()
+    return 0
+
+
+SERVERS: dict[str, Callable[..., int]] = {"pulsepal": serve_pulsepal}
+
+
+def register_server(device: str, serve: Callable[..., int]) -> None:
+    SERVERS[device] = serve
+
+
+def _load_servers() -> None:
+    import importlib
+
+    for module in ("rigctl.drivers.intan_rhx", "rigctl.drivers.openephys"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        hook = getattr(mod, "register_emulate_server", None)
+        if hook is not None:
+            hook(register_server)
+
+
+def _print_ready(info: dict) -> None:
+    lines = [f"{info['device']} emulator ready"]
+    lines += [f"  {k}: {v}" for k, v in info.items() if k != "device"]
+    print("\n".join(lines), flush=True)
+
+
+def run_emulator(args: argparse.Namespace, backend_factory: Callable[[argparse.Namespace, str], Any] = _sim_backend,
+                 ready: Callable[[dict], None] = _print_ready, stop: threading.Event | None = None) -> int:
+    _load_servers()
+    if args.device not in SERVERS:
+        raise RigctlError(f"emulate {args.device}: not available in this build; allowed: {', '.join(sorted(SERVERS))}")
+    mode = "events" if args.device == "pulsepal" else args.mode
+    backend = backend_factory(args, mode)
+    return SERVERS[args.device](args, backend, ready, stop or threading.Event())
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        return run_emulator(args)
+    except KeyboardInterrupt:
+        print("emulator stopped", file=sys.stderr)
+        return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "emulate", help="run a device emulator (pulsepal, rhx, openephys) wired to a simulated culture",
+        description="Start one device emulator on its own and print where to connect (the pty path, or host "
+                    "and ports). Data-serving emulators (rhx, openephys) run as fast as the client reads unless "
+                    "--realtime; the Pulse Pal serves no data, so its culture always runs on the wall clock.")
+    p.add_argument("device", choices=DEVICES)
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated culture (default 0)")
+    p.add_argument("--realtime", action="store_true", help="pace data to the wall clock")
+    p.add_argument("--drug", default="none", help="simulated culture condition (default: none)")
+    p.add_argument("--sample-rate-hz", type=float, default=25000.0, dest="sample_rate_hz",
+                   help="sample rate of the simulated culture (default 25000)")
+    p.add_argument("--mode", choices=("voltage", "events"), default="voltage",
+                   help="rhx/openephys: serve rendered voltage traces, or spike events only (rhx spike port)")
+    p.add_argument("--outputs", type=_parse_outputs, default=_parse_outputs("1:0,2:2,3:4,4:6"),
+                   help="pulsepal: output-to-electrode wiring, e.g. 1:0,2:2+3 (default 1:0,2:2,3:4,4:6)")
+    p.add_argument("--host", default="127.0.0.1", help="rhx/openephys: address to listen on (default loopback)")
+    p.add_argument("--port", type=int, default=None, help="rhx: command port (default 5000); openephys: "
+                                                           "HTTP port (default 37497); 0 = any free port")
+    p.add_argument("--duration-s", type=float, default=None, dest="duration_s",
+                   help="stop after this many seconds (default: until Ctrl-C)")
+    p.set_defaults(func=_main)

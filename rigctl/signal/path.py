@@ -1,0 +1,275 @@
+"""The online signal path: band-pass filter, artifact blanking, matched-filter spike detection.
+
+One `SignalPath` per recording segment; the loop hands it contiguous int16 chunks of any size and
+gets back the spikes whose samples are final. Every decision is made per sample on an absolute
+sample grid (filter state, blanking intervals, noise blocks, peak windows), so the output does not
+depend on how time is cut into chunks. See docs/signal.md for the design and the figures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.signal import butter, sosfilt, sosfilt_zi
+
+from rigctl.signal import _kernels as K
+from rigctl.sim.waveforms import spike_template
+from rigctl.types import Chunk, SpikeEvents
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SignalConfig:
+    """Parameters of the signal path (times in ms, frequencies in Hz).
+
+    The filter is a causal Butterworth band-pass (`high_hz` <= 0: high-pass only). Detection runs on
+    a matched filter: the filtered spike template over [-mf_pre_ms, +mf_post_ms] around its trough,
+    scaled so that its output estimates the trough amplitude in uV; a spike is a local maximum of
+    that estimate above `threshold_sd` times its noise SD, at least `refractory_ms` after the last.
+    A pulse blanks every channel from its onset to `blank_post_ms` after its end (the filter holds,
+    then restarts settled on the first clean sample); a channel that saturated meanwhile stays blank
+    `blank_saturated_ms` longer, since its amplifier recovers slowly. No spike is reported from
+    `blank_pre_ms` before the onset to the end of the channel's blank.
+    """
+
+    low_hz: float = 300.0
+    high_hz: float = 6000.0
+    filter_order: int = 2
+    threshold_sd: float = 5.0
+    refractory_ms: float = 1.0
+    blank_pre_ms: float = 0.1
+    blank_post_ms: float = 0.8
+    blank_saturated_ms: float = 0.8  # extra blank for channels that hit the rails during a pulse's blank
+    saturation_fraction: float = 0.98  # |raw| >= this fraction of int16 full scale counts as saturated
+    mf_pre_ms: float = 0.4
+    mf_post_ms: float = 0.4
+    peak_window_ms: float = 0.12
+    noise_block_ms: float = 100.0
+    noise_smoothing: float = 0.25  # weight of a new block in the running noise estimate
+    noise_clip_sd: float = 3.0  # winsorise |x| at this many SDs of the previous estimate
+
+    def validate(self, sample_rate_hz: float) -> None:
+        nyq = sample_rate_hz / 2
+        if not 0 < self.low_hz < nyq:
+            raise ValueError(f"low_hz must be in (0, {nyq}), got {self.low_hz}")
+        if self.high_hz > 0 and not self.low_hz < self.high_hz < nyq:
+            raise ValueError(f"high_hz must be in ({self.low_hz}, {nyq}) or <= 0, got {self.high_hz}")
+        if self.filter_order < 1:
+            raise ValueError("filter_order must be >= 1")
+        if not 0 < self.saturation_fraction <= 1:
+            raise ValueError("saturation_fraction must be in (0, 1]")
+        if (self.threshold_sd <= 0 or self.refractory_ms < 0 or self.blank_pre_ms < 0 or self.blank_post_ms < 0
+                or self.blank_saturated_ms < 0):
+            raise ValueError("threshold_sd must be > 0; refractory and blanking times >= 0")
+        if self.mf_pre_ms < 0 or self.mf_post_ms < 0 or self.peak_window_ms < 0:
+            raise ValueError("matched-filter and peak windows must be >= 0")
+        if not 0 < self.noise_smoothing <= 1 or self.noise_clip_sd <= 0.5:
+            raise ValueError("noise_smoothing must be in (0, 1] and noise_clip_sd > 0.5")
+
+
+def _winsor_factor(clip_sd: float) -> float:
+    """E[min(|z|, c)] for a standard normal z: converts a winsorised mean |x| into an SD."""
+    c = clip_sd
+    phi_tail = 0.5 * math.erfc(c / math.sqrt(2.0))
+    return math.sqrt(2.0 / math.pi) * (1.0 - math.exp(-c * c / 2.0)) + 2.0 * c * phi_tail
+
+
+class SignalPath:
+    """Filter, blank, detect, chunk by chunk. Not thread-safe; one instance per recording segment."""
+
+    def __init__(self, n_channels: int, sample_rate_hz: float, uV_per_bit: float,
+                 config: SignalConfig = SignalConfig()):
+        config.validate(sample_rate_hz)
+        self.n_channels = int(n_channels)
+        self.sample_rate_hz = float(sample_rate_hz)
+        self.uV_per_bit = float(uV_per_bit)
+        self.config = config
+        fs = self.sample_rate_hz
+        ms = fs / 1000.0
+        if config.high_hz > 0:
+            sos = butter(config.filter_order, (config.low_hz, config.high_hz), "bandpass", fs=fs, output="sos")
+        else:
+            sos = butter(config.filter_order, config.low_hz, "highpass", fs=fs, output="sos")
+        self._sos = np.ascontiguousarray(sos, np.float32)  # [n_sections, 6]
+        self._zi_unit = np.ascontiguousarray(sosfilt_zi(sos), np.float32)  # [n_sections, 2], unit-step steady state
+        # matched filter: filtered template around its trough, normalised so output = trough amplitude
+        template, trough = spike_template(fs)
+        filtered = sosfilt(sos, np.concatenate([template.astype(np.float64), np.zeros(len(template))]))
+        self._pre = int(round(config.mf_pre_ms * ms))
+        self._post = int(round(config.mf_post_ms * ms))
+        lo = trough - self._pre
+        if lo < 0:
+            raise ValueError("mf_pre_ms reaches before the template's start")
+        w = filtered[lo:trough + self._post + 1]
+        w = w / float(w @ w)  # template trough is -1: a spike of trough -A (A > 0) gives +A
+        self._w = np.ascontiguousarray(w, np.float32)
+        self._taps = len(w)
+        self._peak = int(round(config.peak_window_ms * ms))
+        self._refractory = int(round(config.refractory_ms * ms))
+        self._blank_pre = int(round(config.blank_pre_ms * ms))
+        self._blank_post = int(round(config.blank_post_ms * ms))
+        self._extend = int(round(config.blank_saturated_ms * ms))
+        self._block = max(1, int(round(config.noise_block_ms * ms)))
+        self._winsor = _winsor_factor(config.noise_clip_sd)
+        self._iparams = np.zeros(7, np.int64)
+        self._iparams[[K.P_PRE, K.P_POST, K.P_PEAK, K.P_REFRACTORY, K.P_BLOCK, K.P_EXTEND, K.P_SATURATION]] = (
+            self._pre, self._post, self._peak, self._refractory, self._block, self._extend,
+            int(config.saturation_fraction * 32767))
+        self._fparams = np.zeros(5, np.float64)
+        self._fparams[[K.F_THRESHOLD, K.F_CLIP, K.F_WINSOR, K.F_ALPHA, K.F_SCALE]] = (
+            config.threshold_sd, config.noise_clip_sd, self._winsor, config.noise_smoothing, self.uV_per_bit)
+        self._y = np.zeros(self.n_channels, np.float32)
+        self._work = np.zeros((0, self.n_channels), np.float32)
+        self._spike_buf_len = 0
+        self._reset_state()
+
+    # ---- state -----------------------------------------------------------------------------------------
+    def _reset_state(self) -> None:
+        c = self.n_channels
+        n_sec = self._sos.shape[0]
+        self._z = np.zeros((n_sec, 2, c), np.float32)
+        self._hist = np.zeros((self._taps - 1, c), np.float32)  # filtered samples before `_raw_end`
+        self._raw_end = None  # one past the last raw sample processed (None: nothing yet)
+        never = np.iinfo(np.int64).min // 2
+        # ints: [restart pending, noise blocks done, last sample of any saturation blank]
+        self._flags = np.zeros(K.N_FLAGS, np.int64)
+        self._flags[K.S_RESTART] = 1  # the first sample settles the filter
+        self._flags[K.S_EXT_UNTIL] = never
+        self._sat_seen = np.zeros(c, np.int8)
+        self._ext_until = np.full(c, never, np.int64)
+        self._sd_x = np.zeros(c, np.float64)
+        self._sd_y = np.zeros(c, np.float64)
+        self._acc = np.zeros((2, c), np.float32)  # block sums of clipped |x| and |y|
+        self._lim = np.full((3, c), np.inf, np.float32)  # clip |x|, clip |y|, threshold on y
+        # peak state per channel: open (0/1), best value, best sample, refractory end
+        self._open = np.zeros(c, np.int8)
+        self._best = np.zeros(c, np.float32)
+        self._best_s = np.zeros(c, np.int64)
+        self._refr_until = np.full(c, never, np.int64)
+        self._pulses = np.zeros((0, 3), np.int64)  # [suppress_start, blank_start, blank_end)
+        self.late_pulses = 0
+
+    def get_state(self) -> dict:
+        """Everything needed to continue exactly where this path stopped (picklable)."""
+        return {
+            "version": STATE_VERSION,
+            "config": asdict(self.config),
+            "n_channels": self.n_channels, "sample_rate_hz": self.sample_rate_hz, "uV_per_bit": self.uV_per_bit,
+            "z": self._z.copy(), "hist": self._hist.copy(), "raw_end": self._raw_end,
+            "flags": self._flags.copy(), "sd_x": self._sd_x.copy(), "sd_y": self._sd_y.copy(),
+            "acc": self._acc.copy(), "lim": self._lim.copy(), "open": self._open.copy(), "best": self._best.copy(),
+            "best_s": self._best_s.copy(), "refr_until": self._refr_until.copy(),
+            "pulses": self._pulses.copy(), "late_pulses": self.late_pulses,
+            "sat_seen": self._sat_seen.copy(), "ext_until": self._ext_until.copy(),
+        }
+
+    def set_state(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"signal state version {state.get('version')} != {STATE_VERSION}")
+        if (state["n_channels"] != self.n_channels or state["sample_rate_hz"] != self.sample_rate_hz
+                or state["config"] != asdict(self.config)):
+            raise ValueError("signal state was saved by a path with another configuration")
+        self._z = np.ascontiguousarray(state["z"], np.float32).copy()
+        self._hist = np.ascontiguousarray(state["hist"], np.float32).copy()
+        self._raw_end = state["raw_end"]
+        self._flags = np.array(state["flags"], np.int64)
+        self._sd_x = np.array(state["sd_x"], np.float64)
+        self._sd_y = np.array(state["sd_y"], np.float64)
+        self._acc = np.array(state["acc"], np.float32)
+        self._lim = np.array(state["lim"], np.float32)
+        self._open = np.array(state["open"], np.int8)
+        self._best = np.array(state["best"], np.float32)
+        self._best_s = np.array(state["best_s"], np.int64)
+        self._refr_until = np.array(state["refr_until"], np.int64)
+        self._pulses = np.array(state["pulses"], np.int64).reshape(-1, 3)
+        self.late_pulses = int(state["late_pulses"])
+        self._sat_seen = np.array(state["sat_seen"], np.int8)
+        self._ext_until = np.array(state["ext_until"], np.int64)
+
+    # ---- properties ------------------------------------------------------------------------------------
+    @property
+    def lookahead_samples(self) -> int:
+        """A spike at sample s is reported once sample s + lookahead_samples has been processed."""
+        return self._post + self._peak
+
+    @property
+    def processed_until(self) -> int:
+        """All spikes with sample < this have been returned."""
+        if self._raw_end is None:
+            return 0
+        return self._raw_end - self.lookahead_samples
+
+    @property
+    def noise_uV(self) -> np.ndarray:
+        """Per-channel SD of the band-passed signal (uV); 0 until the first noise block is complete."""
+        return self._sd_x.astype(np.float32)
+
+    @property
+    def detector_noise_uV(self) -> np.ndarray:
+        """Per-channel SD of the matched-filter amplitude estimate (uV); the threshold is a multiple of it."""
+        return self._sd_y.astype(np.float32)
+
+    @property
+    def settle_samples(self) -> int:
+        """Samples after the segment's first before detection starts (the first noise block)."""
+        return self._block
+
+    # ---- pulses ----------------------------------------------------------------------------------------
+    def expect_pulse(self, sample: int, electrodes: Sequence[int], duration_us: float) -> None:
+        """Blank every channel around a pulse at `sample` (the artifact reaches every electrode).
+
+        Must be called before the chunk containing `sample` is processed; a later call still blanks
+        what is left and is counted in `late_pulses`.
+        """
+        dur = int(math.ceil(duration_us * 1e-6 * self.sample_rate_hz))
+        sample = int(sample)
+        row = np.array([[sample - self._blank_pre, sample, sample + dur + self._blank_post]], np.int64)
+        if self._raw_end is not None and sample < self._raw_end:
+            self.late_pulses += 1
+        self._pulses = np.concatenate([self._pulses, row])
+        self._pulses = self._pulses[np.argsort(self._pulses[:, 0], kind="stable")]
+
+    # ---- processing ------------------------------------------------------------------------------------
+    def process(self, chunk: Chunk) -> SpikeEvents:
+        raw = chunk.samples
+        n = raw.shape[0]
+        if raw.ndim != 2 or raw.shape[1] != self.n_channels:
+            raise ValueError(f"chunk has shape {raw.shape}, expected [n, {self.n_channels}]")
+        first = int(chunk.first_sample)
+        if self._raw_end is None:
+            self._raw_end = first
+        elif first != self._raw_end:
+            raise ValueError(f"chunk starts at {first}, expected {self._raw_end} (chunks must be contiguous)")
+        if n == 0:
+            return SpikeEvents.empty()
+        if raw.dtype != np.int16 or not raw.flags.c_contiguous:
+            raw = np.ascontiguousarray(raw, np.int16)
+        h = self._taps - 1
+        if self._work.shape[0] < h + n:
+            self._work = np.zeros((h + n, self.n_channels), np.float32)
+        work = self._work
+        work[:h] = self._hist
+        max_spikes = n * self.n_channels // max(1, self._refractory) + self.n_channels + 1
+        if self._spike_buf_len < max_spikes:
+            self._spike_buf_len = max(max_spikes, 2 * self._spike_buf_len)
+            self._out_s = np.empty(self._spike_buf_len, np.int64)
+            self._out_c = np.empty(self._spike_buf_len, np.int32)
+            self._out_a = np.empty(self._spike_buf_len, np.float32)
+        k = K.process_rows(raw, first, self._sos, self._zi_unit, self._w, self._iparams, self._fparams,
+                           self._pulses, self._flags, self._z, work, h, self._y, self._sat_seen, self._ext_until,
+                           self._sd_x, self._sd_y, self._acc, self._lim, self._open, self._best, self._best_s,
+                           self._refr_until, self._out_s, self._out_c, self._out_a)
+        self._hist[:] = work[n:n + h]
+        self._raw_end = first + n
+        # forget pulses whose suppression (and the matched filter's reach past them) is over
+        if len(self._pulses):
+            keep = self._pulses[:, 2] + self._extend + self._pre + self._taps > self.processed_until
+            if not keep.all():
+                self._pulses = self._pulses[keep]
+        if k == 0:
+            return SpikeEvents.empty()
+        return SpikeEvents(self._out_s[:k].copy(), self._out_c[:k].copy(), self._out_a[:k].copy())

@@ -1,0 +1,44 @@
+"""Drug conditions of the simulated culture: each is a documented change to the network's parameters.
+
+Concentrations in the reference experiment are [unknown] (../shared/spec/isomura2023.md 1.5); the sizes
+below are chosen to give the qualitative effects the spec lists (bicuculline raises, diazepam lowers the
+evoked response; APV blocks NMDA-dependent plasticity), not fitted to a dose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DRUGS = ("none", "bicuculline", "diazepam", "apv")
+
+
+@dataclass(frozen=True)
+class DrugEffect:
+    """Multipliers applied to the culture's parameters by a drug."""
+
+    inh_weight_scale: float = 1.0  # GABA-A synaptic efficacy (all inhibitory synapses)
+    inh_tau_scale: float = 1.0  # GABA-A decay time constant
+    plasticity: bool = True  # NMDA-receptor-dependent STDP (potentiation and depression) on
+    nmda_drive_scale: float = 1.0  # excitatory synaptic drive carried by the NMDA component
+
+
+def drug_effect(drug: str, *, bicuculline_block: float = 0.6, diazepam_gain: float = 1.5,
+                diazepam_tau_scale: float = 1.3, nmda_block: float = 1.0) -> DrugEffect:
+    """The effect of `drug` on the network.
+
+    - bicuculline: competitive GABA-A antagonist; ~10 uM blocks most of the GABA-A current. Modelled as
+      inhibitory efficacy x (1 - bicuculline_block).
+    - diazepam: positive allosteric modulator of GABA-A; raises the amplitude and prolongs the decay of
+      IPSCs. Modelled as inhibitory efficacy x diazepam_gain and decay time x diazepam_tau_scale.
+    - apv: NMDA-receptor antagonist; blocks NMDA-dependent Hebbian plasticity (both directions here) and
+      removes the fraction `nmda_block` of the slow NMDA component of excitatory synaptic drive.
+    """
+    if drug == "none":
+        return DrugEffect()
+    if drug == "bicuculline":
+        return DrugEffect(inh_weight_scale=1.0 - bicuculline_block)
+    if drug == "diazepam":
+        return DrugEffect(inh_weight_scale=diazepam_gain, inh_tau_scale=diazepam_tau_scale)
+    if drug == "apv":
+        return DrugEffect(plasticity=False, nmda_drive_scale=1.0 - nmda_block)
+    raise ValueError(f"unknown drug {drug!r}; expected one of {', '.join(DRUGS)}")

@@ -1,0 +1,248 @@
+"""The Open Ephys driver against its emulator (HTTP + ZMQ on loopback): data, control, faults, the vendor's
+own client, and hardware in the loop with an emulated Pulse Pal."""
+
+import json
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fakes import fake_sim_rig
+from rigctl.drivers.openephys import OpenEphysGUI
+from rigctl.errors import DeviceError
+from rigctl.rigfile import open_rig
+from rigctl.rigs import Rig
+from rigctl.safety import SafetyLimits
+from rigctl.session import RunOptions, start_run
+from rigctl.sim.openephys_emulator import OpenEphysEmulator
+from rigctl.store import read_stims, read_trials
+from test_emulator_fakes import ClockBackend
+
+RIGS = Path(__file__).resolve().parents[1] / "rigs"
+
+
+@pytest.fixture
+def setup():
+    backend = ClockBackend(chunk_samples=250, n_electrodes=16)
+    emu = OpenEphysEmulator(backend, block_samples=200).start()
+    drv = OpenEphysGUI("127.0.0.1", emu.http_port, timeout_s=0.5)
+    yield backend, emu, drv
+    drv.stop()
+    emu.close()
+
+
+def read_until(drv, n_samples: int) -> np.ndarray:
+    out = []
+    while drv.clock < n_samples:
+        out.append(drv.read().samples)
+    return np.concatenate(out)
+
+
+def test_discovers_stream_and_port_and_streams_exact_samples(setup):
+    backend, emu, drv = setup
+    assert (drv.stream, drv.fs, drv.n_channels, drv.data_port) == ("example_data", 25000.0, 16, emu.data_port)
+    drv.start()
+    assert emu.mode == "ACQUIRE"
+    x = read_until(drv, 3000)
+    assert np.array_equal(x, ClockBackend.ramp(0, len(x), 16))  # float µV -> int16 at 0.195 µV/bit, exactly
+    drv.message("stim 3")
+    assert emu.messages == ["stim 3"]
+    drv.stop()
+    assert emu.mode == "IDLE"
+
+
+def test_channel_selection_and_order():
+    backend = ClockBackend(chunk_samples=250, n_electrodes=16)
+    emu = OpenEphysEmulator(backend, block_samples=100).start()
+    drv = OpenEphysGUI("127.0.0.1", emu.http_port, channels=[5, 2, 9], timeout_s=0.5)
+    try:
+        drv.start()
+        x = read_until(drv, 500)
+        assert np.array_equal(x, ClockBackend.ramp(0, len(x), 16)[:, [5, 2, 9]])
+        with pytest.raises(DeviceError, match="allowed: 0..15"):
+            OpenEphysGUI("127.0.0.1", emu.http_port, channels=[16])
+    finally:
+        drv.stop()
+        emu.close()
+
+
+def test_messages_on_the_wire_follow_the_plugin_format(setup):
+    import zmq
+
+    _, emu, _ = setup
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{emu.data_port}")
+    req = urllib.request.Request(f"http://127.0.0.1:{emu.http_port}/api/status", data=b'{"mode": "ACQUIRE"}',
+                                 method="PUT")
+    assert json.loads(urllib.request.urlopen(req, timeout=2).read()) == {"mode": "ACQUIRE"}
+    try:
+        assert sub.poll(2000)
+        env, header, payload = sub.recv_multipart()
+        assert env == b"DATA\x00"
+        h = json.loads(header)
+        assert b"\n" in header  # pretty-printed like JUCE's JSON
+        assert h["type"] == "data" and h["message_num"] == 0 and h["data_size"] == 800
+        assert h["content"] == {"stream": "example_data", "channel_num": 0, "channel_name": "CH1", "num_samples": 200,
+                                "sample_num": 0, "sample_rate": 25000.0}
+        assert np.allclose(np.frombuffer(payload, "<f4"), ClockBackend.ramp(0, 200, 16)[:, 0] * 0.195)
+    finally:
+        sub.close(0)
+    # heartbeats on the REP socket
+    rep = zmq.Context.instance().socket(zmq.REQ)
+    rep.connect(f"tcp://127.0.0.1:{emu.data_port + 1}")
+    rep.send_json({"application": "t", "uuid": "1", "type": "heartbeat"})
+    assert rep.recv_string() == "heartbeat received"
+    rep.send(b"{nope")
+    assert rep.recv_string() == "JSON message could not be read"
+    rep.close(0)
+
+
+# ---- faults ---------------------------------------------------------------------------------------------
+
+def test_stalled_stream_times_out(setup):
+    _, emu, drv = setup
+    drv.start()
+    read_until(drv, 1000)
+    emu.faults.stalled = True
+    with pytest.raises(DeviceError, match="no data for 0.5 s"):
+        read_until(drv, 10 ** 9)
+
+
+def test_lost_messages_are_detected(setup):
+    _, emu, drv = setup
+    drv.start()
+    read_until(drv, 1000)
+    emu.faults.drop_next = 1
+    with pytest.raises(DeviceError, match="message\\(s\\) lost"):
+        read_until(drv, 10 ** 9)
+
+
+@pytest.mark.parametrize("garbage, message", [
+    ([b"\x00garbage"], "malformed ZMQ message"),
+    ([b"DATA\x00", b"{not json"], "malformed ZMQ message header"),
+    ([b"DATA\x00", json.dumps({"message_num": -1}).encode()], "message_num jumped"),
+])
+def test_garbage_messages(setup, garbage, message):
+    _, emu, drv = setup
+    drv.start()
+    read_until(drv, 1000)
+    emu.faults.garbage_next = garbage
+    with pytest.raises(DeviceError, match=message):
+        read_until(drv, 10 ** 9)
+
+
+def test_partial_data_message(setup):
+    _, emu, drv = setup
+    drv.start()
+    read_until(drv, 1000)
+    emu.faults.truncate_next_payload = 10
+    with pytest.raises(DeviceError, match="partial data message"):
+        read_until(drv, 10 ** 9)
+
+
+def test_http_errors_are_device_errors(setup):
+    _, emu, drv = setup
+    drv.record = True
+    with pytest.raises(DeviceError, match="HTTP 400: RECORD is not emulated"):
+        drv.start()
+    drv.record = False
+    emu.faults.http_down = True
+    with pytest.raises(DeviceError, match="HTTP 503"):
+        drv.start()
+    emu.faults.http_down = False
+    drv.start()  # the GUI answers again: acquisition starts
+    assert drv.read().n_samples == 200
+
+
+def test_gui_not_running():
+    backend = ClockBackend(n_electrodes=16)
+    emu = OpenEphysEmulator(backend).start()
+    port = emu.http_port
+    emu.close()
+    with pytest.raises(DeviceError, match="is the GUI running"):
+        OpenEphysGUI("127.0.0.1", port, timeout_s=0.3)
+
+
+# ---- the vendor's client --------------------------------------------------------------------------------
+
+def test_open_ephys_python_tools_controls_the_emulator():
+    control = pytest.importorskip("open_ephys.control")
+    backend = ClockBackend(chunk_samples=250, n_electrodes=16)
+    emu = OpenEphysEmulator(backend).start()
+    drv = OpenEphysGUI("127.0.0.1", emu.http_port, timeout_s=1.0)
+    try:
+        gui = control.OpenEphysHTTPServer("127.0.0.1")
+        gui.address = f"http://127.0.0.1:{emu.http_port}"  # the client hard-codes 37497
+        assert gui.status() == "IDLE"
+        names = [p["name"] for p in gui.get_processors()]
+        assert "ZMQ Interface" in names
+        drv.start()  # our driver subscribes; the vendor client drives the GUI
+        gui.idle()
+        assert emu.mode == "IDLE"
+        gui.acquire()
+        assert gui.status() == "ACQUIRE"
+        assert drv.read().n_samples > 0
+        gui.message("hello")
+        assert emu.messages == ["hello"]
+        gui.idle()
+        assert gui.status() == "IDLE"
+    finally:
+        drv.stop()
+        emu.close()
+
+
+# ---- hardware in the loop ------------------------------------------------------------------------------------
+
+class NoSkip:
+    def __init__(self, rig):
+        self.rig = rig
+
+    def __getattr__(self, name):
+        return getattr(self.rig, name)
+
+    @property
+    def can_skip(self) -> bool:
+        return False
+
+
+def fake_backend(*, sample_rate_hz, seed, mode, drug, chunk_ms, realtime):  # noqa: ARG001
+    return fake_sim_rig(seed, mode, chunk_ms)
+
+
+def test_bss_through_open_ephys_and_pulse_pal_matches_the_direct_rig(tmp_path):
+    protocol = tmp_path / "bss4.yaml"
+    protocol.write_text(
+        "extends: isomura2023_bss.yaml\nname: bss_four_outputs\nsessions: 2\ntrials_per_session: 8\n"
+        "isi_s: 0.2\nrest_s: 0.4\nfirst_trial_s: 0.5\nstim_groups: {A: [0, 2], B: [4, 6]}\n"
+        "pulse: {unit: mV, phase1_amplitude: -1250, phase1_us: 200, phase2_amplitude: 1250, phase2_us: 200,"
+        " interphase_us: 0}\n")
+    seed = 7
+
+    def direct_factory(spec, *, seed, drug="none", realtime=False, chunk_ms=None):  # noqa: ARG001
+        rig = fake_sim_rig(seed, "voltage", chunk_ms)
+        return Rig(NoSkip(rig), rig, SafetyLimits(n_electrodes=64, allowed_electrodes=frozenset({0, 2, 4, 6})),
+                   {"kind": "sim", "mode": "voltage"}, closers=[rig.stop])
+
+    direct = start_run(str(protocol), RunOptions(rig="sim", seed=seed, progress=False), tmp_path / "direct",
+                       rig_factory=direct_factory)
+    opened = []
+
+    def via_wire(spec, **kw):
+        rig = open_rig(spec, backend_factory=fake_backend, **kw)
+        opened.append(rig)
+        return rig
+
+    hil = start_run(str(protocol), RunOptions(rig=str(RIGS / "openephys_pulsepal.yaml"), seed=seed, progress=False),
+                    tmp_path / "hil", rig_factory=via_wire)
+    a, b = read_trials(direct), read_trials(hil)
+    assert len(a) == len(b) == 16
+    assert np.array_equal(a["sample"], b["sample"]) and np.array_equal(a["counts"], b["counts"])
+    assert a["counts"].sum() > 0
+    sa, sb = read_stims(direct), read_stims(hil)
+    assert np.array_equal(sa["sample"], sb["sample"]) and np.array_equal(sa["electrode"], sb["electrode"])
+    oe, pp = opened[0].emulators
+    assert oe.errors == [] and pp.errors == []
+    delivered = sorted((c.sample, e) for c in pp.delivered for e in c.electrodes)
+    assert delivered == sorted(zip(sa["sample"].tolist(), sa["electrode"].tolist()))
