@@ -120,17 +120,19 @@ class LatencyResult:
                 "rate_hz": self.rate_hz, "chunk_ms": self.chunk_ms}
 
     def histogram_text(self, bins: int = 12) -> str:
+        """Equal-width bins from the minimum to the 99.9th percentile, plus one overflow bin."""
         lat = self.latencies_us
         if len(lat) == 0:
             return "(no closed-loop commands were issued)"
-        edges = np.unique(np.percentile(lat, np.linspace(0, 100, bins + 1)))
-        counts, edges = np.histogram(lat, bins=edges)
-        width = 40
-        lines = []
-        for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
-            bar = "#" * int(round(width * c / max(counts.max(), 1)))
-            lines.append(f"{lo:9.1f}-{hi:9.1f} us {c:7d} {bar}")
-        return "\n".join(lines)
+        hi = float(np.percentile(lat, 99.9))
+        edges = np.linspace(float(lat.min()), max(hi, float(lat.min()) + 1e-3), bins + 1)
+        counts, _ = np.histogram(np.minimum(lat, hi), bins=edges)
+        over = int((lat > hi).sum())
+        counts[-1] -= over
+        rows = [(f"{lo:8.1f}-{up:8.1f} us", int(c)) for c, lo, up in zip(counts, edges[:-1], edges[1:])]
+        rows.append((f"   > {hi:8.1f} us", over))
+        top = max(c for _, c in rows) or 1
+        return "\n".join(f"{label} {c:7d} {'#' * int(np.ceil(40 * c / top))}" for label, c in rows)
 
     def plot(self, path: Path) -> Path:
         import matplotlib
