@@ -20,7 +20,12 @@ from rigctl.types import Chunk, SpikeEvents, StimCommand
 from rigctl.sim.render import VoltageRenderer
 
 ARTIFACT_DRIVE_uV = 20000.0  # extracellular drive at a stimulated electrode; saturates the amplifier
-ARTIFACT_SPREAD_UM = 40.0  # artifact falls off as 1 / (1 + (d / spread)^2) from the nearest stimulated site
+ARTIFACT_SPREAD_UM = 40.0
+# Events mode emits the spikes the voltage path's detector would find. Measured with the signal path's
+# default configuration on this rig's traces (bench/bench_sim_rig.py, /tmp-free calibration in
+# tests/test_sim_rig.py): detection probability is 0.5 at a trough of ~3 x the broadband noise rms,
+# 0.93 at 3.5 x and >= 0.97 from 4 x. So an ideal detector with that 50 % point stands in for it.
+EVENTS_THRESHOLD_SD = 3.0  # artifact falls off as 1 / (1 + (d / spread)^2) from the nearest stimulated site
 
 
 class SimRig(Amplifier, Stimulator):
@@ -98,7 +103,7 @@ class SimRig(Amplifier, Stimulator):
         if len(spike_sample):
             new = self.projection.electrode_events(spike_sample, spike_neuron)
             if self.mode == "events":
-                new = self.projection.detectable(new)
+                new = self.projection.detectable(new, threshold_sd=EVENTS_THRESHOLD_SD)
             self._events = SpikeEvents.concat([self._events, new])
 
     def read(self) -> Chunk:
