@@ -141,10 +141,28 @@ class BssRunner:
         self.stats = state["stats"]
         self._session_counts = [c.copy() for c in state["session_counts"]]
 
-    def continue_from(self, n_done: int) -> None:
-        """Resume on a rig whose state cannot be restored: start at the first trial not on disk."""
-        self.n_done = n_done
-        self.next_to_schedule = n_done
+    def continue_from(self, trials: list) -> None:
+        """Resume on a rig whose state cannot be restored (hardware: the culture cannot be rewound):
+        replay the stored trials into the models, then start at the first trial not on disk."""
+        p = self.protocol
+        for record in trials:
+            if record.trial == 1:
+                self.models_begin(record.session)
+            for m in self.models:
+                m.update(record)
+            if record.trial == p.trials_per_session:
+                for m in self.models:
+                    m.end_session(record.session)
+        done = len(trials)
+        if done % p.trials_per_session:
+            self._session_counts = [r.counts for r in trials[done - done % p.trials_per_session:]]
+        self.n_done = done
+        self.next_to_schedule = done
+
+    def models_begin(self, session: int) -> list[tuple[str, dict | None]]:
+        """Tell every model a session begins; returns their predictions (name, payload)."""
+        s, o = self.schedule.session_sequence(session)
+        return [(m.name, m.begin_session(session, o)) for m in self.models]
 
     def checkpoint(self) -> None:
         if self.rig_state is None:
@@ -234,12 +252,10 @@ class BssRunner:
             self.signal.expect_pulse(command.sample, command.electrodes, command.pulse.duration_us)
 
     def _begin_session(self, planned: PlannedTrial) -> None:
-        s, o = self.schedule.session_sequence(planned.session)
         self.store.append_event("session_start", session=planned.session, sample=planned.sample)
-        for m in self.models:
-            payload = m.begin_session(planned.session, o)
+        for name, payload in self.models_begin(planned.session):
             if payload is not None:
-                self.store.append_model_session(m.name, planned.session, "prediction", payload)
+                self.store.append_model_session(name, planned.session, "prediction", payload)
         if self.publisher is not None:
             self.publisher.publish("session_start", {"session": planned.session})
 

@@ -51,5 +51,5 @@ def open_rig(spec: str, *, seed: int, drug: str = "none", realtime: bool = False
             from rigctl.rigfile import open_rig as open_rig_file
         except ImportError as exc:  # pragma: no cover - rig files arrive with the drivers
             raise RigctlError(f"rig files are not supported in this build ({exc})") from exc
-        return open_rig_file(path, seed=seed, drug=drug, realtime=realtime)
+        return open_rig_file(path, seed=seed, drug=drug, realtime=realtime, chunk_ms=chunk_ms)
     raise RigctlError(f"--rig {spec!r}: allowed: sim, sim-events, or a rig file (rigs/<name>.yaml)")

@@ -20,6 +20,13 @@ from rigctl.protocol import BssProtocol, BssSchedule, load_protocol
 from rigctl.rigs import Rig, open_rig
 from rigctl.safety import GuardedStimulator
 from rigctl.store import SessionStore, load_run_meta, read_trials
+from rigctl.types import TrialRecord
+
+
+def stored_trial_records(run_dir: Path) -> list[TrialRecord]:
+    t = read_trials(run_dir)
+    return [TrialRecord(int(r["session"]), int(r["trial"]), int(r["sample"]), r["sources"].copy(),
+                        r["stimuli"].copy(), r["counts"].copy()) for r in t]
 
 
 @dataclass(frozen=True)
@@ -167,7 +174,7 @@ def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=o
                 store.truncate_to({})
         else:
             store.drop_torn_records()
-            runner.continue_from(len(read_trials(run_dir)))
+            runner.continue_from(stored_trial_records(run_dir))
         store.append_event("resume", trials_done=runner.n_done)
         store.update_meta(status="running")
         _execute(runner, store)

@@ -116,3 +116,10 @@ def fake_rig_factory(spec: str, *, seed: int, drug: str = "none", realtime: bool
     rig.realtime = realtime
     desc = {"kind": spec, "mode": rig.mode, "sample_rate_hz": rig.sample_rate_hz, "seed": seed, "fake": True}
     return Rig(rig, rig, SafetyLimits(n_electrodes=rig.n_channels), desc, state=rig, closers=[rig.stop])
+
+
+def fake_hardware_rig_factory(spec: str, **kw):
+    """Like fake_rig_factory, but the rig cannot be checkpointed (as real hardware)."""
+    rig = fake_rig_factory(spec, **kw)
+    rig.state = None
+    return rig

@@ -124,3 +124,33 @@ def test_resume_refuses_a_complete_run(small_protocol, tmp_path):
     out = run(small_protocol, tmp_path / "r")
     with pytest.raises(StoreError, match="already complete"):
         resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
+
+
+HW_KILL_SCRIPT = KILL_SCRIPT.replace("fake_rig_factory", "fake_hardware_rig_factory")
+
+
+def test_resume_on_hardware_continues_at_the_first_missing_trial(small_protocol, tmp_path):
+    from fakes import fake_hardware_rig_factory
+    out = tmp_path / "hw"
+    code = HW_KILL_SCRIPT.format(tests=str(TESTS), protocol=str(small_protocol), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        path = out / "trials.bin"
+        if path.exists() and path.stat().st_size > 0 and len(read_trials(out)) >= 27:
+            break
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = read_trials(out)
+    assert 27 <= len(before) < 60
+    resume_run(out, RunOptions(progress=False), rig_factory=fake_hardware_rig_factory)
+    after = read_trials(out)
+    assert len(after) == 60 and after[:len(before)].tobytes() == before.tobytes()
+    assert list(after["session"]) == [k for k in (1, 2, 3) for _ in range(20)]
+    assert list(after["trial"]) == list(range(1, 21)) * 3
+    sched = BssSchedule(load_protocol(out / "protocol.yaml"), 2, 25000.0)
+    assert [int(s) for s in after["sample"]] == [sched.trial_sample(i) for i in range(60)]
+    # the models were replayed: one end-of-session row per session, none duplicated
+    ends = [r for r in read_jsonl(out / "model_sessions.jsonl") if r["phase"] == "end" and r["model"] == "selectivity"]
+    assert sorted(r["session"] for r in ends) == [1, 2, 3]
