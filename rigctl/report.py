@@ -140,7 +140,7 @@ def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
                 ax.plot(idx[:len(ens["state_means"][key][st])], ens["state_means"][key][st], ".-", color=colour,
                         label=f"s={st[0]},{st[1]}", ms=3)
             ax.set(xlabel="session", ylabel="mean raw response (spikes/stim)", title=name)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7, loc="center right", framealpha=0.6)
         fig.suptitle(f"{title}: G1={len(ens['g1'])} electrodes, G2={len(ens['g2'])} electrodes")
         fig.tight_layout()
         p = out_dir / "ensembles.png"

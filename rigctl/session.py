@@ -107,12 +107,14 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
     protocol = load_protocol(protocol_ref)
     overrides: dict[str, Any] = {}
     if options.sessions is not None:
-        if options.sessions < 1:
+        if not 1 <= options.sessions <= protocol.sessions:
             raise RigctlError(f"--sessions {options.sessions}: allowed: 1 to {protocol.sessions}")
         overrides["sessions"] = options.sessions
     if options.drug is not None:
         overrides["drug"] = options.drug
     seed = protocol.seed if options.seed is None else options.seed
+    if seed < 0:
+        raise RigctlError(f"--seed {seed}: allowed: 0 or more")
     overrides["seed"] = seed
     protocol = protocol.with_overrides(**overrides)
     rig = rig_factory(options.rig, seed=seed, drug=protocol.drug, realtime=options.realtime,
