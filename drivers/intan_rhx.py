@@ -27,6 +27,7 @@ from rigctl.layout import ElectrodeLayout
 from rigctl.types import BiphasicPulse, Chunk, StimCommand
 
 STIM_TYPES = ("controllerstimrecord", "controllerstimrecordusb2")
+START_TIMEOUT_S = 10.0  # the first block after `set runmode run` may take a while (board start-up)
 
 
 @dataclass(frozen=True)
@@ -240,9 +241,10 @@ class IntanRHX(Amplifier, Stimulator):
             # alone, and confirmed by the data it starts, not by a `get`: RHX executes whatever follows in the
             # same TCP read only after the run stops, and two writes can arrive in one read
             self._send(["set runmode run"])
-            ready, _, _ = select.select([self._wave], [], [], self.timeout_s)
+            ready, _, _ = select.select([self._wave], [], [], max(self.timeout_s, START_TIMEOUT_S))
             if not ready:
-                raise self._fault(f"no data within {self.timeout_s} s of `set runmode run` (did it start?)")
+                raise self._fault(f"no data within {max(self.timeout_s, START_TIMEOUT_S)} s of `set runmode run` "
+                                  "(did it start?)")
             self.running = True
             self._next_ts = None
 

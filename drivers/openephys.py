@@ -24,6 +24,8 @@ from rigctl.errors import DeviceError
 from rigctl.layout import ElectrodeLayout
 from rigctl.types import Chunk
 
+START_TIMEOUT_S = 10.0  # the first message after ACQUIRE may take a while (processor start-up, ZMQ join)
+
 
 class OpenEphysGUI(Amplifier):
     """`channels[i]` is the stream channel index (`channel_num`, 0-based) of electrode i."""
@@ -162,8 +164,9 @@ class OpenEphysGUI(Amplifier):
         self.http("/api/message", {"text": text})
 
     def _receive(self) -> None:
-        if not self._sub.poll(int(self.timeout_s * 1000), zmq.POLLIN):
-            raise self._fault(f"no data for {self.timeout_s} s (acquisition stalled or stopped)")
+        wait_s = self.timeout_s if self._expected_msg is not None else max(self.timeout_s, START_TIMEOUT_S)
+        if not self._sub.poll(int(wait_s * 1000), zmq.POLLIN):
+            raise self._fault(f"no data for {wait_s} s (acquisition stalled or stopped)")
         frames = self._sub.recv_multipart()
         if len(frames) < 2 or frames[0] not in (ow.ENVELOPE_DATA, ow.ENVELOPE_EVENT):
             raise self._fault(f"malformed ZMQ message ({len(frames)} frames, envelope {frames[0][:8]!r})")

@@ -17,8 +17,6 @@ from rigctl.errors import RigctlError
 from rigctl.safety import SafetyLimits
 from rigctl.yamlcheck import LocatedDoc, load_located
 
-AMPLIFIERS = ("sim", "rhx", "openephys")
-STIMULATORS = ("pulsepal", "rhx", "none")
 EMULATE = "emulate"
 
 
@@ -158,24 +156,23 @@ def _build_pulsepal(ctx: Ctx, sec: dict, amp, closers: list) -> tuple[Any, dict]
     return drv, desc
 
 
-class _NoStimulator:
-    """`stimulator: {driver: none}`: a recording-only rig; any command is refused."""
+def _no_stimulator():
+    from rigctl.drivers.base import Stimulator
+    from rigctl.errors import DeviceError
 
-    def schedule(self, command) -> None:
-        from rigctl.errors import DeviceError
-        raise DeviceError("this rig has no stimulator (rig file: stimulator.driver: none)")
+    class NoStimulator(Stimulator):
+        """`stimulator: {driver: none}`: a recording-only rig; any command is refused."""
 
-    def on_chunk(self, end_sample: int) -> None:
-        pass
+        def schedule(self, command) -> None:
+            raise DeviceError("this rig has no stimulator (rig file: stimulator.driver: none)")
 
-    def abort(self) -> None:
-        pass
+        def abort(self) -> None:
+            pass
 
-    def safe_state(self) -> None:
-        pass
+        def safe_state(self) -> None:
+            pass
 
-    def close(self) -> None:
-        pass
+    return NoStimulator()
 
 
 def _rhx_channels(ctx: Ctx, sec: dict, default_n: int) -> list[str]:
@@ -307,7 +304,7 @@ def _build_rhx_stimulator(ctx: Ctx, sec: dict, amp, closers: list) -> tuple[Any,
 AMPLIFIER_BUILDERS: dict[str, Callable] = {"sim": _build_sim_amplifier, "rhx": _build_rhx_amplifier,
                                           "openephys": _build_openephys_amplifier}
 STIMULATOR_BUILDERS: dict[str, Callable] = {"pulsepal": _build_pulsepal, "rhx": _build_rhx_stimulator,
-                                            "none": lambda ctx, sec, amp, closers: (_NoStimulator(), {"driver": "none"})}
+                                            "none": lambda ctx, sec, amp, closers: (_no_stimulator(), {"driver": "none"})}
 
 
 # ---- entry point -------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ class Rig:
     description: dict[str, Any]
     state: Any = None  # has get_state/set_state when the whole rig can be checkpointed and restored
     closers: list = field(default_factory=list)
+    emulators: list = field(default_factory=list)  # emulated devices behind a rig file (tests inspect them)
 
     def close(self) -> None:
         for close in self.closers:

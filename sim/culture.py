@@ -85,13 +85,13 @@ class CultureConfig:
     # -- plasticity (E->E synapses)
     tau_plus_ms: float = 20.0
     tau_minus_ms: float = 20.0
-    eta_plus: float = 0.02  # potentiation rate per pre-post pairing (soft bound to w_max)
-    eta_minus: float = 0.01  # depression rate per post-pre pairing (soft bound to w_min)
+    eta_plus: float = 0.005  # potentiation rate per pre-post pairing (soft bound to w_max)
+    eta_minus: float = 0.0025  # depression rate per post-pre pairing (soft bound to w_min)
     w_max_factor: float = 2.5  # w_max = factor x mean initial E->E weight
     w_min_factor: float = 0.0
     scaling_rate: float = 1.0  # synaptic scaling after each evoked window: fraction (log space) of the way
     # back to each neuron's initial summed E->E input (1 = exact normalisation; 0 = off)
-    gate_th_mV: float = 6.0  # NMDA-like gate: net synaptic drive at the spike above which LTP starts
+    gate_th_mV: float = 10.0  # NMDA-like gate: net synaptic drive at the spike above which LTP starts
     gate_width_mV: float = 6.0  # ...and reaches full strength gate_th + width
     # -- drugs (see sim/drugs.py)
     bicuculline_block: float = 0.6

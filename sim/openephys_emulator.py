@@ -3,7 +3,8 @@
 
 Modelled on plugin-GUI v1.0.1 and open-ephys-plugins/zmq-interface (../shared/spec/devices.md section 3):
 one multipart DATA message per channel per processing block (`DATA\\0`, a pretty-printed JSON header,
-float32 µV), `message_num` counting every message from acquisition start, a REP socket on data_port+1
+float32 µV), `message_num` counting every message from acquisition start (reset to 0 at start and
+incremented before each send, so the first is 1: ZmqInterface.cpp), a REP socket on data_port+1
 answering heartbeats. The GUI's HTTP server binds all interfaces; the emulator binds loopback only.
 Not emulated (refused, never faked): RECORD mode (nothing is written to disk), the signal-chain edits
 (add/delete/clear processors), config load/save, TTL and spike messages.
@@ -271,10 +272,10 @@ class OpenEphysEmulator:
                     return
             now_ms = int(time.time() * 1000)
             for ch in range(self.n):
+                self.message_num += 1  # the plugin counts before sending: the first message is number 1
                 if not self._publish(ow.data_message(self.message_num, self.stream, ch, f"CH{ch + 1}", sample_num,
                                                      self.fs, block[:, ch], now_ms), stop):
                     return
-                self.message_num += 1
             sample_num += self.block_samples
 
     def _publish(self, frames: list[bytes], stop: threading.Event) -> bool:

@@ -226,17 +226,20 @@ class RHXEmulator:
             if listener is None:
                 time.sleep(0.01)
                 continue
-            listener.settimeout(0.1)
             try:
+                listener.settimeout(0.1)
                 client, _ = listener.accept()
-            except (socket.timeout, OSError):
+            except (socket.timeout, OSError):  # timeout, or closed under us by close()
                 continue
             with self.lock:
                 self._cmd_client = client
                 listener.close()  # one client: the server stops listening once it has one
                 self._cmd_listener = None
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client.settimeout(0.1)
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                client.settimeout(0.1)
+            except OSError:
+                continue
             while not self._stop.is_set() and self._cmd_client is client:
                 try:
                     data = client.recv(65536)
@@ -521,20 +524,26 @@ class RHXEmulator:
         listener = self._wave_listener
         if listener is None:
             return
-        listener.settimeout(0.1)
         while not self._stop.is_set() and self._wave_listener is listener:
             try:
+                listener.settimeout(0.1)
                 client, _ = listener.accept()
             except socket.timeout:
                 continue
             except OSError:
                 return
-            # a send buffer of about two writes: little run-ahead of the client when accelerated
-            n_words = max(1, len(self._outputs()))
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                              max(8192, 2 * self.blocks_per_write * rw.block_bytes(n_words)))
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:  # a send buffer of about two writes: little run-ahead of the client when accelerated
+                n_words = max(1, len(self._outputs()))
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                  max(8192, 2 * self.blocks_per_write * rw.block_bytes(n_words)))
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                client.close()
+                continue
             with self.lock:
+                if self._wave_listener is not listener:  # disconnected meanwhile
+                    client.close()
+                    return
                 self._wave_client = client
                 self._wave_listener = None
             listener.close()

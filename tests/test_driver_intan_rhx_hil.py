@@ -5,7 +5,6 @@ and the same evoked counts as the simulated rig driven directly, for the same se
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from fakes import fake_sim_rig
 from rigctl.protocol import BssSchedule, load_protocol
@@ -92,10 +91,6 @@ def test_raw_samples_and_pulses_through_rhx_equal_the_direct_rig(tmp_path):
 
 
 def test_bss_through_rhx_matches_the_direct_rig(tmp_path):
-    try:
-        from rigctl.signal import SignalConfig, SignalPath  # noqa: F401
-    except ImportError:
-        pytest.skip("the signal path (rigctl.signal.SignalPath) is not in this build yet")
     protocol = protocol_uA(tmp_path)
     seed = 5
 
@@ -127,3 +122,22 @@ def test_bss_through_rhx_matches_the_direct_rig(tmp_path):
     assert delivered == sorted(zip(sa["sample"].tolist(), sa["electrode"].tolist()))
     assert all(c.pulse.phase1_amplitude == -10.0 and c.pulse.phase2_us == 200.0 for c in emu.delivered)
     assert opened[0].stimulator.triggers_sent == len(set(sa["sample"].tolist()))
+
+
+def test_raw_samples_and_pulses_through_rhx_on_the_real_simulated_culture(tmp_path):
+    """The same check on rigctl's own culture model (SimRig, voltage mode), not the test double."""
+    from rigctl.sim.rig import SimRig
+
+    protocol = load_protocol(protocol_uA(tmp_path)).with_overrides(sessions=1, trials_per_session=5)
+    schedule = BssSchedule(protocol, 4, 25000.0)
+    direct_rig = SimRig(sample_rate_hz=25000.0, seed=4, mode="voltage")
+    direct_raw, commands = drive(direct_rig, direct_rig, schedule, 5000)
+    rig = open_rig(RIGS / "rhx_sim.yaml", seed=4)
+    try:
+        raw, _ = drive(rig.amplifier, rig.stimulator, schedule, 5000)
+        emu = rig.emulators[0]
+    finally:
+        rig.close()
+    assert np.array_equal(raw, direct_raw)
+    assert emu.errors == [] and len(emu.delivered) == len(commands) > 0
+    assert [c.sample for c in emu.delivered] == [c.sample for c in commands]

@@ -132,11 +132,9 @@ def test_device_that_stops_answering_is_detected_at_the_trigger(setup):
     backend, bus, emu, drv = setup
     emu.faults.hung = True
     drv.schedule(StimCommand(25000, (4,), PULSE))
-    t0 = time.monotonic()
     with pytest.raises(DeviceError, match="not answering"):
         run_chunks(bus, backend, drv, 22)
-    assert time.monotonic() - t0 < 2.0  # within the driver's timeout, not a hang
-    assert drv.faulted
+    assert drv.faulted and drv.pending == 0
 
 
 def test_late_replies_time_out(setup):

@@ -66,3 +66,28 @@ def test_bss_through_pulsepal_matches_the_direct_rig(tmp_path, seed):
     delivered = sorted((c.sample, e) for c in emu.delivered for e in c.electrodes)
     assert delivered == sorted(zip(sa["sample"].tolist(), sa["electrode"].tolist()))
     assert all(c.pulse.phase1_amplitude == -1250.0 and c.pulse.phase2_us == 200.0 for c in emu.delivered)
+
+
+def test_bss_through_pulsepal_on_the_real_simulated_culture(tmp_path):
+    """The same check on rigctl's own culture model (SimRig), not the test double."""
+    from rigctl.rigs import open_rig as open_any_rig
+
+    protocol = four_electrode_protocol(tmp_path)
+    seed = 11
+    direct = start_run(str(protocol), RunOptions(rig="sim-events", seed=seed, progress=False), tmp_path / "direct",
+                       rig_factory=open_any_rig)
+    opened = []
+
+    def via_pulsepal(spec, **kw):
+        rig = open_rig(spec, **kw)
+        opened.append(rig)
+        return rig
+
+    hil = start_run(str(protocol), RunOptions(rig=str(RIGS / "pulsepal_sim.yaml"), seed=seed, progress=False),
+                    tmp_path / "hil", rig_factory=via_pulsepal)
+    a, b = read_trials(direct), read_trials(hil)
+    assert len(a) == len(b) == 32
+    assert np.array_equal(a["counts"], b["counts"]) and a["counts"].sum() > 0
+    sa, sb = read_stims(direct), read_stims(hil)
+    assert np.array_equal(sa["sample"], sb["sample"]) and np.array_equal(sa["electrode"], sb["electrode"])
+    assert opened[0].emulators[0].errors == []

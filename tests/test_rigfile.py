@@ -2,6 +2,7 @@
 
 import argparse
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,105 @@ def test_emulate_command_prints_where_to_connect_and_serves_the_vendor_protocol(
     assert not t.is_alive()
     with pytest.raises(argparse.ArgumentTypeError, match="allowed: 1..4"):
         _parse_outputs("7:1")
+
+
+@pytest.mark.parametrize("name, amp_driver, stim_driver", [
+    ("pulsepal_sim.yaml", "sim", "pulsepal"), ("rhx_sim.yaml", "rhx", "rhx"),
+    ("openephys_pulsepal.yaml", "openephys", "pulsepal")])
+def test_every_example_rig_opens_and_closes(name, amp_driver, stim_driver):
+    rig = open_rig(RIGS / name, seed=0, backend_factory=fake_backend)
+    try:
+        assert rig.description["amplifier"]["driver"] == amp_driver
+        assert rig.description["stimulator"]["driver"] == stim_driver
+        assert rig.amplifier.n_channels == 64 and rig.amplifier.sample_rate_hz == 25000.0
+        assert rig.limits.n_electrodes == 64
+    finally:
+        rig.close()
+
+
+RHX = """amplifier:
+  driver: rhx
+  host: emulate
+  channels: A-000..A-031, B-000..B-031
+stimulator: {driver: rhx}
+"""
+
+
+@pytest.mark.parametrize("text, expected", [
+    (RHX.replace("A-000..A-031, B-000..B-031", "A-000..A-031"), "amplifier.channels='32 channels'; allowed: 64"),
+    (RHX.replace("A-000..A-031, B-000..B-031", "A-000..A-031, Z-001"), "amplifier.channels='Z-001'; allowed: a list"),
+    (RHX.replace("A-000..A-031, B-000..B-031", "A-000..A-031, A-000..A-031"), "each channel once"),
+    (RHX.replace("host: emulate", "host: emulate\n  blocks_per_write: 500"), "amplifier.blocks_per_write=500; allowed: 1 to 100"),
+    (RHX.replace("host: emulate", "host: emulate\n  emulator: {step_uA: 3}"), "step_uA=3.0; allowed"),
+    (GOOD.replace("driver: pulsepal\n  port: emulate\n  outputs: {1: [0], 2: [2, 3]}", "driver: rhx"),
+     "stimulator.driver='rhx'; allowed: rhx only together with amplifier.driver: rhx"),
+    ("amplifier: {driver: openephys, host: emulate, channels: [0, -1]}\nstimulator: {driver: none}\n",
+     "amplifier.channels=[0, -1]; allowed: a list of stream channel indices"),
+])
+def test_device_section_errors(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(RigFileError) as info:
+        open_rig(path, seed=0, backend_factory=fake_backend)
+    assert expected in str(info.value) and str(path) in str(info.value)
+
+
+def test_recording_only_rig_refuses_commands(tmp_path):
+    from rigctl.types import BiphasicPulse, StimCommand
+
+    rig = open_rig(write(tmp_path, "amplifier: {driver: sim}\nstimulator: {driver: none}\n"), seed=0,
+                   backend_factory=fake_backend)
+    try:
+        with pytest.raises(DeviceError, match="no stimulator"):
+            rig.stimulator.schedule(StimCommand(100, (0,), BiphasicPulse.symmetric(1.0, 100.0)))
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("device", ["rhx", "openephys"])
+def test_emulate_command_serves_data_devices(device):
+    from rigctl.commands.emulate import _parse_outputs, run_emulator
+    from rigctl.drivers.intan_rhx import IntanRHX
+    from rigctl.drivers.openephys import OpenEphysGUI
+
+    args = argparse.Namespace(device=device, seed=0, realtime=False, drug="none", sample_rate_hz=25000.0,
+                              mode="voltage", outputs=_parse_outputs("1:0"), host="127.0.0.1", port=0,
+                              duration_s=20.0)
+    info: dict = {}
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def on_ready(d):
+        info.update(d)
+        ready.set()
+
+    t = threading.Thread(target=run_emulator, args=(args, lambda a, mode: fake_sim_rig(a.seed, mode)),
+                         kwargs={"ready": on_ready, "stop": stop})
+    t.start()
+    try:
+        assert ready.wait(5.0)
+        if device == "rhx":
+            drv = IntanRHX("127.0.0.1", info["command_port"],
+                           electrode_channels=[f"A-{i:03d}" for i in range(32)] + [f"B-{i:03d}" for i in range(32)])
+            drv.start()
+            assert drv.read().samples.shape[1] == 64
+            drv.close()
+            # the command stands in for the operator: RHX listens again after a client leaves
+            deadline = time.monotonic() + 5.0
+            while True:
+                try:
+                    again = IntanRHX("127.0.0.1", info["command_port"], electrode_channels=["A-000"])
+                    break
+                except DeviceError:
+                    assert time.monotonic() < deadline, "the command port never listened again"
+                    time.sleep(0.01)
+            again.close()
+        else:
+            port = int(info["http"].rsplit(":", 1)[1].split("/")[0])
+            drv = OpenEphysGUI("127.0.0.1", port)
+            drv.start()
+            assert drv.read().samples.shape[1] == 64
+            drv.stop()
+    finally:
+        stop.set()
+        t.join(5.0)
+    assert not t.is_alive()

@@ -85,24 +85,53 @@ def serve_pulsepal(args: argparse.Namespace, backend, ready: Callable[[dict], No
     return 0
 
 
-SERVERS: dict[str, Callable[..., int]] = {"pulsepal": serve_pulsepal}
+def serve_rhx(args: argparse.Namespace, backend, ready: Callable[[dict], None], stop: threading.Event) -> int:
+    from rigctl.drivers import _rhx_wire as rw
+    from rigctl.sim.rhx_emulator import RHXEmulator
+
+    port = 5000 if args.port is None else args.port
+    emu = RHXEmulator(backend, host=args.host, command_port=port, realtime=args.realtime,
+                      channel_names=rw.default_channel_names(backend.n_channels)).start()
+    try:
+        ready({"device": "rhx", "host": args.host, "command_port": emu.command_port,
+               "waveform_port": "opens on `execute ConnectTCPWaveformDataOutput` (default 5001 or a free port)",
+               "channels": f"{emu.names[0]}..{emu.names[-1]} = electrodes 0..{len(emu.names) - 1}",
+               "sample_rate_hz": emu.fs, "stim_step_uA": emu.step_uA,
+               "time": "wall clock" if args.realtime else "as fast as the client reads"})
+        _wait_or_relisten(emu, stop, args.duration_s)
+    finally:
+        emu.close()
+    return 0
 
 
-def register_server(device: str, serve: Callable[..., int]) -> None:
-    SERVERS[device] = serve
+def _wait_or_relisten(emu, stop: threading.Event, duration_s: float | None) -> None:
+    """Standing in for the operator: press Connect again whenever a command client has left."""
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    while not stop.wait(0.1):
+        if deadline is not None and time.monotonic() > deadline:
+            return
+        if emu.command_status == "Disconnected":
+            emu.press_connect()
 
 
-def _load_servers() -> None:
-    import importlib
+def serve_openephys(args: argparse.Namespace, backend, ready: Callable[[dict], None], stop: threading.Event) -> int:
+    from rigctl.sim.openephys_emulator import OpenEphysEmulator
 
-    for module in ("rigctl.drivers.intan_rhx", "rigctl.drivers.openephys"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        hook = getattr(mod, "register_emulate_server", None)
-        if hook is not None:
-            hook(register_server)
+    port = 37497 if args.port is None else args.port
+    emu = OpenEphysEmulator(backend, host=args.host, http_port=port, realtime=args.realtime).start()
+    try:
+        ready({"device": "openephys", "http": f"http://{args.host}:{emu.http_port}/api/status",
+               "zmq_data": f"tcp://{args.host}:{emu.data_port}", "zmq_heartbeat": f"tcp://{args.host}:{emu.data_port + 1}",
+               "stream": f"{emu.stream}, {emu.n} channels at {emu.fs:g} Hz",
+               "time": "wall clock" if args.realtime else "as fast as the subscriber reads"})
+        stop.wait(args.duration_s)
+    finally:
+        emu.close()
+    return 0
+
+
+SERVERS: dict[str, Callable[..., int]] = {"pulsepal": serve_pulsepal, "rhx": serve_rhx,
+                                          "openephys": serve_openephys}
 
 
 def _print_ready(info: dict) -> None:
@@ -113,10 +142,11 @@ def _print_ready(info: dict) -> None:
 
 def run_emulator(args: argparse.Namespace, backend_factory: Callable[[argparse.Namespace, str], Any] = _sim_backend,
                  ready: Callable[[dict], None] = _print_ready, stop: threading.Event | None = None) -> int:
-    _load_servers()
     if args.device not in SERVERS:
         raise RigctlError(f"emulate {args.device}: not available in this build; allowed: {', '.join(sorted(SERVERS))}")
-    mode = "events" if args.device == "pulsepal" else args.mode
+    if args.device != "pulsepal" and args.mode != "voltage":
+        raise RigctlError(f"emulate {args.device} --mode {args.mode}: allowed: voltage (the emulator serves traces)")
+    mode = "events" if args.device == "pulsepal" else "voltage"
     backend = backend_factory(args, mode)
     return SERVERS[args.device](args, backend, ready, stop or threading.Event())
 
@@ -129,7 +159,28 @@ def _main(args: argparse.Namespace) -> int:
         return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from rigctl.drivers import _bench
+
+    figures = _bench.run(seconds=args.seconds)
+    print(json.dumps({"bench": "drivers", **figures}))
+    return 0
+
+
+def _register_bench() -> None:
+    try:
+        from rigctl.commands.bench import add_bench_command
+        p = add_bench_command("drivers", "each driver against its emulator: time to arm a pulse, read speed")
+    except (ImportError, RuntimeError):  # no bench group in this build
+        return
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds of 64-channel data to read (default 10)")
+    p.set_defaults(func=_bench)
+
+
 def register(sub) -> None:
+    _register_bench()
     p = sub.add_parser(
         "emulate", help="run a device emulator (pulsepal, rhx, openephys) wired to a simulated culture",
         description="Start one device emulator on its own and print where to connect (the pty path, or host "
@@ -141,8 +192,8 @@ def register(sub) -> None:
     p.add_argument("--drug", default="none", help="simulated culture condition (default: none)")
     p.add_argument("--sample-rate-hz", type=float, default=25000.0, dest="sample_rate_hz",
                    help="sample rate of the simulated culture (default 25000)")
-    p.add_argument("--mode", choices=("voltage", "events"), default="voltage",
-                   help="rhx/openephys: serve rendered voltage traces, or spike events only (rhx spike port)")
+    p.add_argument("--mode", choices=("voltage",), default="voltage",
+                   help="rhx/openephys: what the culture serves (voltage traces)")
     p.add_argument("--outputs", type=_parse_outputs, default=_parse_outputs("1:0,2:2,3:4,4:6"),
                    help="pulsepal: output-to-electrode wiring, e.g. 1:0,2:2+3 (default 1:0,2:2,3:4,4:6)")
     p.add_argument("--host", default="127.0.0.1", help="rhx/openephys: address to listen on (default loopback)")

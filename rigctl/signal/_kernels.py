@@ -1,8 +1,12 @@
-"""numba kernel of the signal path. Layout: time-major [n_samples, n_channels] float32, so every inner
+"""numba kernels of the signal path. Layout: time-major [n_samples, n_channels] float32, so every inner
 loop runs over contiguous channels and vectorises; all state lives in arrays owned by `SignalPath`.
 
 Everything is decided row by row on absolute sample indices (blanking, noise blocks, peak windows),
 which is what makes the output independent of how the stream is cut into chunks.
+
+Speed notes: the inner loops live in small non-inlined helpers that take whole arrays plus indices.
+LLVM vectorises those; it does not vectorise loops over views made inside a loop, and every such view
+also costs reference-count updates.
 """
 
 from __future__ import annotations
@@ -11,34 +15,114 @@ import numpy as np
 from numba import njit
 
 NEG_INF = np.float32(-np.inf)
-# no reassociation and no finite-math assumptions: every row is computed the same way, whatever the chunking
-FAST = {"contract", "arcp", "nsz", "afn"}
+# No fast-math at all: without FMA contraction or reassociation, a vectorised loop and a scalar one give
+# bit-identical results, so the output cannot depend on which path (hence which chunking) a row took.
+FAST = False
 
 # integer parameters (iparams)
 P_PRE, P_POST, P_PEAK, P_REFRACTORY, P_BLOCK, P_EXTEND, P_SATURATION = range(7)
 # float parameters (fparams)
-F_THRESHOLD, F_CLIP, F_WINSOR, F_ALPHA, F_SCALE = range(5)
+F_THRESHOLD, F_CLIP, F_WINSOR, F_ALPHA, F_SCALE, F_LEVEL_ALPHA = range(6)
 # flags (int64 state)
-S_RESTART, S_BLOCKS, S_EXT_UNTIL, S_COUNT_X, S_COUNT_Y, S_OPEN = range(6)
-N_FLAGS = 6
+S_RESTART, S_BLOCKS, S_EXT_UNTIL, S_COUNT_X, S_COUNT_Y, S_OPEN, S_BLOCK_POS = range(7)
+N_FLAGS = 7
+
+
+# ---- vector helpers --------------------------------------------------------------------------------------
+@njit(cache=True, fastmath=FAST, inline="never")
+def _convert(raw, i, work, r, scale):
+    for c in range(work.shape[1]):
+        work[r, c] = np.float32(raw[i, c]) * scale
+
+
+@njit(cache=True, fastmath=FAST, inline="never")
+def _biquad(work, r, z, s, b0, b1, b2, a1, a2):
+    for c in range(work.shape[1]):
+        x = work[r, c]
+        v = b0 * x + z[s, 0, c]
+        z[s, 0, c] = b1 * x - a1 * v + z[s, 1, c]
+        z[s, 1, c] = b2 * x - a2 * v
+        work[r, c] = v
+
+
+@njit(cache=True, fastmath=FAST, inline="never")
+def _matched_filter_flat(wf, base, w, yf, m, c_n):
+    """yf[k] = sum_j w[j] * wf[base + j*c_n + k] for k < m (flat rows: vectorises across rows too)."""
+    w0 = w[0]
+    for k in range(m):
+        yf[k] = w0 * wf[np.uint64(base + k)]
+    for j in range(1, w.shape[0]):
+        wj = w[j]
+        off = base + j * c_n
+        for k in range(m):
+            yf[k] += wj * wf[np.uint64(off + k)]
+
+
+@njit(cache=True, fastmath=FAST, inline="never")
+def _add_clipped_abs(acc, a, vals, r, lim, b):
+    for c in range(vals.shape[1]):
+        acc[a, c] += min(abs(vals[r, c]), lim[b, c])
+
+
+@njit(cache=True, fastmath=FAST, inline="never")
+def _add_clipped_abs_rows(acc, a, vals, r0, r1, lim, b):
+    for r in range(r0, r1):
+        for c in range(vals.shape[1]):
+            acc[a, c] += min(abs(vals[r, c]), lim[b, c])
+
+
+@njit(cache=True, fastmath=FAST, inline="never")
+def _rows_above(vals, m, lim, b, hits):
+    """hits[r] = 1 if any vals[r, c] > lim[b, c], for r < m."""
+    for r in range(m):
+        hit = 0
+        for c in range(vals.shape[1]):
+            hit |= vals[r, c] > lim[b, c]
+        hits[r] = hit
+
+
+@njit(cache=True, inline="never")
+def _filter_run(raw, i0, i1, work, h, z, sos, scale):
+    """Plain band-pass of rows i0..i1-1 (no blank, no restart): int16 -> float32, then every biquad."""
+    for i in range(i0, i1):
+        r = h + i
+        _convert(raw, i, work, r, scale)
+        for s in range(sos.shape[0]):
+            _biquad(work, r, z, s, sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5])
+
+
+@njit(cache=True, inline="always")
+def _in_intervals(t, pulses, col0, col1, lo_pad, hi_pad):
+    for k in range(pulses.shape[0]):
+        if pulses[k, col0] - lo_pad <= t < pulses[k, col1] + hi_pad:
+            return True
+    return False
 
 
 @njit(cache=True)
-def _update_sd(sd, acc_row, count, block, winsor, alpha):
+def _restart_channel(z, zi_unit, c, value):
+    for s in range(z.shape[0]):
+        z[s, 0, c] = zi_unit[s, 0] * value
+        z[s, 1, c] = zi_unit[s, 1] * value
+
+
+# ---- noise blocks ------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _update_sd(sd, acc, a, count, block, winsor, alpha):
     gauss = np.sqrt(2.0 / np.pi)
     if count < block / 2:
         return
     for c in range(sd.shape[0]):
         f = winsor if sd[c] > 0 else gauss
-        est = acc_row[c] / count / f
+        est = acc[a, c] / count / f
         sd[c] = est if sd[c] <= 0 else (1.0 - alpha) * sd[c] + alpha * est
 
 
 @njit(cache=True)
 def _end_block(flags, sd_x, sd_y, acc, lim, block, thr_sd, clip_sd, winsor, alpha):
     """Close a noise block: update the SDs, the clips and the thresholds; start a new block."""
-    _update_sd(sd_x, acc[0], flags[S_COUNT_X], block, winsor, alpha)
-    _update_sd(sd_y, acc[1], flags[S_COUNT_Y], block, winsor, alpha)
+    _update_sd(sd_x, acc, 0, flags[S_COUNT_X], block, winsor, alpha)
+    _update_sd(sd_y, acc, 1, flags[S_COUNT_Y], block, winsor, alpha)
     for c in range(sd_x.shape[0]):
         lim[0, c] = clip_sd * sd_x[c] if sd_x[c] > 0 else np.inf
         lim[1, c] = clip_sd * sd_y[c] if sd_y[c] > 0 else np.inf
@@ -50,128 +134,172 @@ def _end_block(flags, sd_x, sd_y, acc, lim, block, thr_sd, clip_sd, winsor, alph
     flags[S_BLOCKS] += 1
 
 
-@njit(cache=True, inline="always")
-def _in_intervals(t, pulses, col0, col1, lo_pad, hi_pad):
-    for k in range(pulses.shape[0]):
-        if pulses[k, col0] - lo_pad <= t < pulses[k, col1] + hi_pad:
-            return True
-    return False
-
-
-@njit(cache=True, fastmath=FAST)
-def process_rows(raw, first, sos, zi_unit, w, iparams, fparams, pulses, flags, z, work, h, y, sat_seen,
-                 ext_until, sd_x, sd_y, acc, lim, is_open, best, best_s, refr_until, out_s, out_c, out_a):
+# ---- the chunk -----------------------------------------------------------------------------------------------
+@njit(cache=True)
+def process_chunk(raw, first, sos, zi_unit, w, iparams, fparams, pulses, flags, z, work, h, ys, sat_seen,
+                  ext_until, level, sd_x, sd_y, acc, lim, is_open, best, best_s, refr_until, out_s, out_c, out_a):
     """Filter, blank, matched-filter and detect `raw` [n, C] (int16) starting at sample `first`.
 
     `work` rows 0..h-1 hold the filtered samples before `first`; row h+i receives sample first+i.
+    `ys` [rows, C] is scratch for the matched filter's output; the chunk is processed in pieces of at
+    most `rows` rows, cut at every blank end so that a restart only happens on a piece's first row.
     `pulses` rows are [suppress_start, blank_start, blank_end). `acc` [2, C] float32 sums of clipped
     |x| and |y| over the current noise block, `lim` [3, C] float32: clip for |x|, clip for |y|,
     detection threshold (inf while there is no estimate). Returns the number of spikes written to
     out_s/out_c/out_a (sorted by sample, then channel).
     """
     n, c_n = raw.shape
-    n_sec = sos.shape[0]
+    rows = ys.shape[0]
     taps = w.shape[0]
+    wf = work.reshape(work.size)
+    yf = ys.reshape(ys.size)
+    hits = np.empty(rows, np.int8)
+    k_out = 0
+    i0 = 0
+    while i0 < n:
+        i1 = min(n, i0 + rows)
+        for k in range(pulses.shape[0]):
+            e = pulses[k, 2] - first
+            if i0 < e < i1:
+                i1 = e
+        # a noise block ends on a piece's last row, so thresholds change between pieces only
+        to_block_end = iparams[P_BLOCK] - flags[S_BLOCK_POS]
+        if i0 + to_block_end < i1:
+            i1 = i0 + to_block_end
+        _filter_rows(raw, i0, i1, first, sos, zi_unit, iparams, fparams, pulses, flags, z, work, h, sat_seen,
+                     ext_until, level)
+        _matched_filter_flat(wf, (h + i0 - taps + 1) * c_n, w, yf, (i1 - i0) * c_n, c_n)
+        k_out = _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, ys, hits, ext_until,
+                             sd_x, sd_y, acc, lim, is_open, best, best_s, refr_until, out_s, out_c, out_a, k_out)
+        i0 = i1
+    return k_out
+
+
+@njit(cache=True)
+def _filter_rows(raw, i0, i1, first, sos, zi_unit, iparams, fparams, pulses, flags, z, work, h, sat_seen,
+                 ext_until, level):
+    """Band-pass rows i0..i1-1 into work, holding through blanks and restarting settled after them."""
+    extend = iparams[P_EXTEND]
+    sat_level = iparams[P_SATURATION]
+    scale = np.float32(fparams[F_SCALE])
+    level_alpha = np.float32(fparams[F_LEVEL_ALPHA])
+    i = i0
+    while i < i1:
+        t = first + i
+        r = h + i
+        if flags[S_RESTART] == 0 and t > flags[S_EXT_UNTIL] and not _in_intervals(t, pulses, 1, 2, 0, 0):
+            j = i1  # plain rows up to the next blank
+            for k in range(pulses.shape[0]):
+                b = pulses[k, 1] - first
+                if i < b < j:
+                    j = b
+            _filter_run(raw, i, j, work, h, z, sos, scale)
+            i = j
+            continue
+        _filter_row_special(raw, i, t, r, pulses, flags, z, zi_unit, sos, work, sat_seen, ext_until, level, extend,
+                            sat_level, scale, level_alpha)
+        i += 1
+
+
+@njit(cache=True)
+def _filter_row_special(raw, i, t, r, pulses, flags, z, zi_unit, sos, work, sat_seen, ext_until, level, extend,
+                        sat_level, scale, level_alpha):
+    """One row inside a blank, at a restart, or while some channel's saturation blank lasts."""
+    c_n = raw.shape[1]
+    n_sec = sos.shape[0]
+    if _in_intervals(t, pulses, 1, 2, 0, 0):
+        # blanked: the filter holds; a short running mean of the raw input (restart level) follows
+        if flags[S_RESTART] != 2:
+            for c in range(c_n):
+                level[c] = raw[i, c] * scale
+        for c in range(c_n):
+            x = raw[i, c] * scale
+            level[c] += level_alpha * (x - level[c])
+            work[r, c] = 0.0
+            if abs(np.int32(raw[i, c])) >= sat_level:
+                sat_seen[c] = 1
+        flags[S_RESTART] = 2
+        return
+    _convert(raw, i, work, r, scale)
+    if flags[S_RESTART] != 0:
+        # first clean sample: restart every section in the steady state of a constant input at the
+        # restart level (after a blank: the running mean, less noisy than one sample), so no step
+        # enters the filter; channels that saturated stay blank `extend` samples longer
+        for c in range(c_n):
+            if flags[S_RESTART] == 2:
+                level[c] += level_alpha * (work[r, c] - level[c])
+            else:
+                level[c] = work[r, c]
+            _restart_channel(z, zi_unit, c, level[c])
+            if extend > 0 and sat_seen[c] == 1:
+                ext_until[c] = t + extend
+                flags[S_EXT_UNTIL] = max(flags[S_EXT_UNTIL], t + extend)
+            sat_seen[c] = 0
+        flags[S_RESTART] = 0
+    ext_active = t <= flags[S_EXT_UNTIL]
+    if ext_active:
+        for c in range(c_n):
+            if ext_until[c] >= t:
+                level[c] += level_alpha * (work[r, c] - level[c])
+            if ext_until[c] == t:
+                _restart_channel(z, zi_unit, c, level[c])
+    for s in range(n_sec):
+        _biquad(work, r, z, s, sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5])
+    if ext_active:
+        for c in range(c_n):
+            if ext_until[c] > t:
+                work[r, c] = 0.0
+
+
+@njit(cache=True)
+def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, ys, hits, ext_until, sd_x, sd_y, acc, lim,
+                 is_open, best, best_s, refr_until, out_s, out_c, out_a, k_out):
+    """Noise statistics, noise blocks and peak picking for rows i0..i1-1; returns the new spike count."""
+    c_n = work.shape[1]
     pre = iparams[P_PRE]
     post = iparams[P_POST]
     peak = iparams[P_PEAK]
     refractory = iparams[P_REFRACTORY]
     block = iparams[P_BLOCK]
     extend = iparams[P_EXTEND]
-    sat_level = iparams[P_SATURATION]
     thr_sd = fparams[F_THRESHOLD]
     clip_sd = fparams[F_CLIP]
     winsor = fparams[F_WINSOR]
     alpha = fparams[F_ALPHA]
-    scale = np.float32(fparams[F_SCALE])
-    k_out = 0
-    for i in range(n):
+    any_pulses = pulses.shape[0] > 0
+    touched = False
+    for k in range(pulses.shape[0]):
+        if first + i0 - post < pulses[k, 2] + extend + taps + pre and first + i1 > pulses[k, 1] - post:
+            touched = True
+    if not touched:
+        _add_clipped_abs_rows(acc, 0, work, h + i0, h + i1, lim, 0)
+        _add_clipped_abs_rows(acc, 1, ys, 0, i1 - i0, lim, 1)
+        flags[S_COUNT_X] += i1 - i0
+        flags[S_COUNT_Y] += i1 - i0
+    _rows_above(ys, i1 - i0, lim, 2, hits)
+    for i in range(i0, i1):
         t = first + i
-        row = work[h + i]
-        # ---- filter with blanking -------------------------------------------------------------------
-        if _in_intervals(t, pulses, 1, 2, 0, 0):
-            for c in range(c_n):
-                row[c] = 0.0
-                if abs(np.int32(raw[i, c])) >= sat_level:
-                    sat_seen[c] = 1
-            flags[S_RESTART] = 1
-        else:
-            for c in range(c_n):
-                row[c] = raw[i, c] * scale
-            if flags[S_RESTART] == 1:
-                # first clean sample: restart settled on it; channels that saturated stay blank longer
-                for s in range(n_sec):
-                    for c in range(c_n):
-                        z[s, 0, c] = zi_unit[s, 0] * row[c]
-                        z[s, 1, c] = zi_unit[s, 1] * row[c]
-                if extend > 0:
-                    for c in range(c_n):
-                        if sat_seen[c] == 1:
-                            ext_until[c] = t + extend
-                            flags[S_EXT_UNTIL] = max(flags[S_EXT_UNTIL], t + extend)
-                for c in range(c_n):
-                    sat_seen[c] = 0
-                flags[S_RESTART] = 0
-            ext_active = t <= flags[S_EXT_UNTIL]
-            if ext_active:
-                for c in range(c_n):
-                    if ext_until[c] == t:
-                        for s in range(n_sec):
-                            z[s, 0, c] = zi_unit[s, 0] * row[c]
-                            z[s, 1, c] = zi_unit[s, 1] * row[c]
-            for s in range(n_sec):
-                b0 = sos[s, 0]
-                b1 = sos[s, 1]
-                b2 = sos[s, 2]
-                a1 = sos[s, 4]
-                a2 = sos[s, 5]
-                z0 = z[s, 0]
-                z1 = z[s, 1]
-                for c in range(c_n):
-                    x = row[c]
-                    v = b0 * x + z0[c]
-                    z0[c] = b1 * x - a1 * v + z1[c]
-                    z1[c] = b2 * x - a2 * v
-                    row[c] = v
-            if ext_active:
-                for c in range(c_n):
-                    if ext_until[c] > t:
-                        row[c] = 0.0
-        # ---- matched filter: output for trough sample s uses samples s-pre .. s+post ---------------
+        r = h + i
+        ry = i - i0
         s_t = t - post
-        for c in range(c_n):
-            y[c] = 0.0
-        for j in range(taps):
-            wj = w[j]
-            src = work[h + i - taps + 1 + j]
+        # noise statistics, away from blanks (and windows that reach into them); both intervals start at
+        # or after the pulse onset in raw time, so a pulse announced just in time is honoured
+        if touched:
+            if not _in_intervals(t, pulses, 1, 2, 0, extend + taps + pre):
+                _add_clipped_abs(acc, 0, work, r, lim, 0)
+                flags[S_COUNT_X] += 1
+            if not _in_intervals(s_t, pulses, 1, 2, post, extend + pre):
+                _add_clipped_abs(acc, 1, ys, ry, lim, 1)
+                flags[S_COUNT_Y] += 1
+        # peaks: a local maximum above threshold, final `peak` samples later
+        if flags[S_OPEN] > 0 or hits[ry]:
+            suppressed = any_pulses and _in_intervals(s_t, pulses, 0, 2, 0, 0)
             for c in range(c_n):
-                y[c] += wj * src[c]
-        # ---- noise statistics, away from blanks (and windows that reach into them) ------------------
-        if not _in_intervals(t, pulses, 0, 2, 0, extend + taps + pre):
-            lx = lim[0]
-            ax = acc[0]
-            for c in range(c_n):
-                ax[c] += min(abs(row[c]), lx[c])
-            flags[S_COUNT_X] += 1
-        if not _in_intervals(s_t, pulses, 0, 2, post, extend + pre):
-            ly = lim[1]
-            ay = acc[1]
-            for c in range(c_n):
-                ay[c] += min(abs(y[c]), ly[c])
-            flags[S_COUNT_Y] += 1
-        # ---- peaks: a local maximum above threshold, final `peak` samples later -------------------
-        thr = lim[2]
-        hit = 0
-        for c in range(c_n):
-            hit |= y[c] > thr[c]
-        if hit or flags[S_OPEN] > 0:
-            suppressed = _in_intervals(s_t, pulses, 0, 2, 0, 0)
-            for c in range(c_n):
-                v = y[c]
+                v = ys[ry, c]
                 if suppressed or s_t < ext_until[c]:
                     v = NEG_INF
                 if is_open[c] == 0:
-                    if v > thr[c] and s_t >= refr_until[c]:
+                    if v > lim[2, c] and s_t >= refr_until[c]:
                         is_open[c] = 1
                         flags[S_OPEN] += 1
                         best[c] = v
@@ -187,7 +315,11 @@ def process_rows(raw, first, sos, zi_unit, w, iparams, fparams, pulses, flags, z
                     is_open[c] = 0
                     flags[S_OPEN] -= 1
                     refr_until[c] = best_s[c] + refractory
-        # ---- noise blocks on the absolute grid --------------------------------------------------------
-        if (t + 1) % block == 0:
+        # noise blocks on the absolute grid (S_BLOCK_POS = (t + 1) % block, kept to avoid a division per row)
+        pos = flags[S_BLOCK_POS] + 1
+        if pos >= block:
+            pos = 0
+        flags[S_BLOCK_POS] = pos
+        if pos == 0:
             _end_block(flags, sd_x, sd_y, acc, lim, block, thr_sd, clip_sd, winsor, alpha)
     return k_out

@@ -20,6 +20,7 @@ from rigctl.sim.waveforms import spike_template
 from rigctl.types import Chunk, SpikeEvents
 
 STATE_VERSION = 1
+_EMPTY = SpikeEvents.empty()  # returned for chunks without spikes (never mutated)
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,10 @@ class SignalConfig:
     threshold_sd: float = 5.0
     refractory_ms: float = 1.0
     blank_pre_ms: float = 0.1
-    blank_post_ms: float = 0.8
-    blank_saturated_ms: float = 0.8  # extra blank for channels that hit the rails during a pulse's blank
+    blank_post_ms: float = 1.0
+    blank_saturated_ms: float = 1.5  # extra blank for channels that hit the rails during a pulse's blank
     saturation_fraction: float = 0.98  # |raw| >= this fraction of int16 full scale counts as saturated
+    restart_mean_ms: float = 0.1  # time constant of the running mean the filter restarts on after a blank
     mf_pre_ms: float = 0.4
     mf_post_ms: float = 0.4
     peak_window_ms: float = 0.12
@@ -67,6 +69,9 @@ class SignalConfig:
             raise ValueError("threshold_sd must be > 0; refractory and blanking times >= 0")
         if self.mf_pre_ms < 0 or self.mf_post_ms < 0 or self.peak_window_ms < 0:
             raise ValueError("matched-filter and peak windows must be >= 0")
+        if self.blank_pre_ms > self.mf_post_ms:
+            # detections up to blank_pre before a pulse are only still pending if the look-ahead covers it
+            raise ValueError("blank_pre_ms must not exceed mf_post_ms (the detector's look-ahead)")
         if not 0 < self.noise_smoothing <= 1 or self.noise_clip_sd <= 0.5:
             raise ValueError("noise_smoothing must be in (0, 1] and noise_clip_sd > 0.5")
 
@@ -119,10 +124,13 @@ class SignalPath:
         self._iparams[[K.P_PRE, K.P_POST, K.P_PEAK, K.P_REFRACTORY, K.P_BLOCK, K.P_EXTEND, K.P_SATURATION]] = (
             self._pre, self._post, self._peak, self._refractory, self._block, self._extend,
             int(config.saturation_fraction * 32767))
-        self._fparams = np.zeros(5, np.float64)
-        self._fparams[[K.F_THRESHOLD, K.F_CLIP, K.F_WINSOR, K.F_ALPHA, K.F_SCALE]] = (
-            config.threshold_sd, config.noise_clip_sd, self._winsor, config.noise_smoothing, self.uV_per_bit)
-        self._y = np.zeros(self.n_channels, np.float32)
+        self._fparams = np.zeros(6, np.float64)
+        level_alpha = 1.0 - math.exp(-1.0 / max(1e-9, config.restart_mean_ms * ms))
+        self._fparams[[K.F_THRESHOLD, K.F_CLIP, K.F_WINSOR, K.F_ALPHA, K.F_SCALE, K.F_LEVEL_ALPHA]] = (
+            config.threshold_sd, config.noise_clip_sd, self._winsor, config.noise_smoothing, self.uV_per_bit,
+            level_alpha)
+        # matched-filter scratch: pieces of ~8 KiB keep the output rows in L1 while all taps pass over them
+        self._ys = np.zeros((max(2, 2048 // max(1, self.n_channels)), self.n_channels), np.float32)
         self._work = np.zeros((0, self.n_channels), np.float32)
         self._spike_buf_len = 0
         self._reset_state()
@@ -141,6 +149,7 @@ class SignalPath:
         self._flags[K.S_EXT_UNTIL] = never
         self._sat_seen = np.zeros(c, np.int8)
         self._ext_until = np.full(c, never, np.int64)
+        self._level = np.zeros(c, np.float32)
         self._sd_x = np.zeros(c, np.float64)
         self._sd_y = np.zeros(c, np.float64)
         self._acc = np.zeros((2, c), np.float32)  # block sums of clipped |x| and |y|
@@ -165,6 +174,7 @@ class SignalPath:
             "best_s": self._best_s.copy(), "refr_until": self._refr_until.copy(),
             "pulses": self._pulses.copy(), "late_pulses": self.late_pulses,
             "sat_seen": self._sat_seen.copy(), "ext_until": self._ext_until.copy(),
+            "level": self._level.copy(),
         }
 
     def set_state(self, state: dict) -> None:
@@ -189,6 +199,7 @@ class SignalPath:
         self.late_pulses = int(state["late_pulses"])
         self._sat_seen = np.array(state["sat_seen"], np.int8)
         self._ext_until = np.array(state["ext_until"], np.int64)
+        self._level = np.array(state["level"], np.float32)
 
     # ---- properties ------------------------------------------------------------------------------------
     @property
@@ -242,10 +253,11 @@ class SignalPath:
         first = int(chunk.first_sample)
         if self._raw_end is None:
             self._raw_end = first
+            self._flags[K.S_BLOCK_POS] = first % self._block  # the noise-block grid is absolute
         elif first != self._raw_end:
             raise ValueError(f"chunk starts at {first}, expected {self._raw_end} (chunks must be contiguous)")
         if n == 0:
-            return SpikeEvents.empty()
+            return _EMPTY
         if raw.dtype != np.int16 or not raw.flags.c_contiguous:
             raw = np.ascontiguousarray(raw, np.int16)
         h = self._taps - 1
@@ -259,8 +271,8 @@ class SignalPath:
             self._out_s = np.empty(self._spike_buf_len, np.int64)
             self._out_c = np.empty(self._spike_buf_len, np.int32)
             self._out_a = np.empty(self._spike_buf_len, np.float32)
-        k = K.process_rows(raw, first, self._sos, self._zi_unit, self._w, self._iparams, self._fparams,
-                           self._pulses, self._flags, self._z, work, h, self._y, self._sat_seen, self._ext_until,
+        k = K.process_chunk(raw, first, self._sos, self._zi_unit, self._w, self._iparams, self._fparams,
+                           self._pulses, self._flags, self._z, work, h, self._ys, self._sat_seen, self._ext_until, self._level,
                            self._sd_x, self._sd_y, self._acc, self._lim, self._open, self._best, self._best_s,
                            self._refr_until, self._out_s, self._out_c, self._out_a)
         self._hist[:] = work[n:n + h]
@@ -271,5 +283,5 @@ class SignalPath:
             if not keep.all():
                 self._pulses = self._pulses[keep]
         if k == 0:
-            return SpikeEvents.empty()
+            return _EMPTY
         return SpikeEvents(self._out_s[:k].copy(), self._out_c[:k].copy(), self._out_a[:k].copy())

@@ -46,7 +46,8 @@ class GroundTruthConfig:
     offset_uV: float = 300.0  # DC offsets up to +- this
     pulse_rate_hz: float = 2.0  # stimulus pulses per second (0: none)
     pulse_duration_us: float = 400.0
-    evoked_per_pulse: int = 3  # spikes placed 2-8 ms after each pulse end on random channels
+    evoked_per_pulse: int = 3  # spikes placed `evoked_delay_ms` after each pulse end on random channels
+    evoked_delay_ms: tuple[float, float] = (2.0, 8.0)
     grid_pitch_um: float = 200.0
     seed: int = 0
 
@@ -142,10 +143,10 @@ def generate(cfg: GroundTruthConfig = GroundTruthConfig()) -> GroundTruth:
     dur = int(np.ceil(cfg.pulse_duration_us * 1e-6 * fs))
 
     times = _spike_times(rng, cfg, n, margin)
-    # evoked spikes 2-8 ms after the pulse end, so "detected from 2 ms after a pulse" is exercised
+    # evoked spikes shortly after the pulse end, so "detected from 2 ms after a pulse" is exercised
     for p in pulses:
         for c in rng.choice(c_n, size=min(cfg.evoked_per_pulse, c_n), replace=False):
-            t = p + dur + int(rng.uniform(2e-3, 8e-3) * fs)
+            t = p + dur + int(rng.uniform(*cfg.evoked_delay_ms) * 1e-3 * fs)
             times[c] = np.sort(np.append(times[c], t))
             isi_ok = np.diff(times[c]) >= int(np.ceil(cfg.min_isi_ms * 1e-3 * fs))
             times[c] = times[c][np.concatenate([[True], isi_ok])]
@@ -195,31 +196,33 @@ class Score:
 
 
 def score(detected: SpikeEvents, truth: GroundTruth, tolerance_ms: float = 0.8, start_s: float = 0.0,
-          guard_after_pulse_ms: float = 2.0) -> dict[float, Score]:
+          guard_after_pulse_ms: float = 2.0, guard_stimulated_ms: float | None = None) -> dict[float, Score]:
     """Recall and precision per SNR value, matching each true spike to at most one detection on the
     same channel within `tolerance_ms` (greedy by time).
 
     True spikes before `start_s` (the detector's settling time) or from a pulse's onset to
     `guard_after_pulse_ms` after its end are not expected; detections there are ignored when they
     match such a spike, and count as false positives otherwise (an artifact taken for a spike).
+    On the pulse's own (saturated) electrodes the guard is `guard_stimulated_ms` when given.
     """
     fs = truth.config.sample_rate_hz
     tol = int(round(tolerance_ms * 1e-3 * fs))
     start = int(round(start_s * fs))
     guard = int(round(guard_after_pulse_ms * 1e-3 * fs))
-    p0, p1 = truth.pulse_sample, truth.pulse_end_sample + guard
+    guard_stim = guard if guard_stimulated_ms is None else int(round(guard_stimulated_ms * 1e-3 * fs))
+    ends = truth.pulse_end_sample
 
-    def excluded(s: np.ndarray) -> np.ndarray:
+    def excluded(s: np.ndarray, channel: int) -> np.ndarray:
         out = s < start
-        for a, b in zip(p0, p1):
-            out |= (s >= a) & (s < b)
+        for a, b, el in zip(truth.pulse_sample, ends, truth.pulse_electrodes):
+            out |= (s >= a) & (s < b + (guard_stim if channel in el else guard))
         return out
 
     results: dict[float, list[int]] = {}
     for c in range(truth.config.n_channels):
         t = truth.spikes.sample[truth.spikes.channel == c]
         d = np.sort(detected.sample[detected.channel == c])
-        t_ex = excluded(t)
+        t_ex = excluded(t, c)
         used = np.zeros(len(d), bool)
         match = np.full(len(t), -1, np.int64)
         j0 = 0
