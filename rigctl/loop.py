@@ -178,7 +178,7 @@ class BssRunner:
         self.amp.start()
         if self.signal is None and self.make_signal_path is not None:
             self.signal = self.make_signal_path()
-        self._clock_origin = (time.monotonic(), self.clock)
+        self._clock_origin = None  # set at the first chunk: start-up (JIT compilation, connects) is not lag
         watchdog = Watchdog(self.config.watchdog_s, self._on_stall).start() if self.config.realtime else None
         try:
             while self.n_done < total:
@@ -222,7 +222,7 @@ class BssRunner:
         self.amp.skip_to(target)
         self.stats.skipped_samples += target - self.clock
         self.clock = target
-        self._clock_origin = (time.monotonic(), self.clock)
+        self._clock_origin = None
         if self.make_signal_path is not None:
             self.signal = self.make_signal_path()  # a new recording segment; it settles during the lead-in
 
@@ -304,6 +304,9 @@ class BssRunner:
         self.store.flush()
 
     def _check_lag(self, chunk: Chunk) -> None:
+        if self._clock_origin is None:
+            self._clock_origin = (time.monotonic(), chunk.end_sample)
+            return
         wall0, sample0 = self._clock_origin
         lag = (time.monotonic() - wall0) - (chunk.end_sample - sample0) / self.fs
         self.stats.max_lag_s = max(self.stats.max_lag_s, lag)

@@ -62,7 +62,7 @@ class SimRig(Amplifier, Stimulator):
         self._events = SpikeEvents.empty()  # electrode events not yet fully rendered / emitted
         self._artifacts: list[tuple[int, np.ndarray, np.ndarray]] = []
         self._started = False
-        self._wall0 = 0.0
+        self._wall0: float | None = None  # wall-clock origin of real-time pacing (set at the first read)
         self._sample0 = 0
 
     # ---- Amplifier ---------------------------------------------------------------------------------
@@ -88,8 +88,7 @@ class SimRig(Amplifier, Stimulator):
 
     def start(self) -> None:
         self._started = True
-        self._wall0 = time.monotonic()
-        self._sample0 = self._now
+        self._wall0 = None  # the wall clock is taken at the first read, after any JIT compilation
 
     def stop(self) -> None:
         self._started = False
@@ -112,6 +111,9 @@ class SimRig(Amplifier, Stimulator):
         first, n = self._now, self.chunk_samples
         end = first + n
         if self.realtime:
+            if self._wall0 is None:
+                self._advance_network(end)  # compile and warm up before the clock starts
+                self._wall0, self._sample0 = time.monotonic(), first
             due = self._wall0 + (end - self._sample0) / self._rate
             delay = due - time.monotonic()
             if delay > 0:
@@ -149,9 +151,7 @@ class SimRig(Amplifier, Stimulator):
         self._events = self._events.select(self._events.sample >= sample)
         self._artifacts = []
         self._now = sample
-        if self.realtime:
-            self._wall0 = time.monotonic()
-            self._sample0 = sample
+        self._wall0 = None
 
     # ---- Stimulator --------------------------------------------------------------------------------
     def schedule(self, command: StimCommand) -> None:
@@ -190,5 +190,4 @@ class SimRig(Amplifier, Stimulator):
         self.culture.set_state(state["culture"])
         self._events = SpikeEvents(*state["events"])
         self._artifacts = list(state["artifacts"])
-        self._sample0 = self._now
-        self._wall0 = time.monotonic()
+        self._wall0 = None

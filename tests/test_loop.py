@@ -154,3 +154,43 @@ def test_resume_on_hardware_continues_at_the_first_missing_trial(small_protocol,
     # the models were replayed: one end-of-session row per session, none duplicated
     ends = [r for r in read_jsonl(out / "model_sessions.jsonl") if r["phase"] == "end" and r["model"] == "selectivity"]
     assert sorted(r["session"] for r in ends) == [1, 2, 3]
+
+
+class Collector:
+    def __init__(self):
+        self.messages = []
+
+    def publish(self, topic, payload):
+        self.messages.append((topic, payload))
+
+
+def _realtime_runner(small_protocol, tmp_path, reactions):
+    from rigctl.loop import BssRunner, LoopConfig
+    from rigctl.safety import GuardedStimulator
+    from rigctl.store import SessionStore
+    protocol = load_protocol(small_protocol).with_overrides(sessions=1, trials_per_session=3)
+    rig = fake_rig_factory("sim-events", seed=0, realtime=True, chunk_ms=20.0)
+    meta = {"protocol": protocol.name, "seed": 0, "rig": "fake",
+            "shapes": {"n_sources": 2, "n_stimuli": 32, "n_electrodes": 64}}
+    store = SessionStore(tmp_path / "rt", meta, create=True)
+    publisher = Collector()
+    runner = BssRunner(protocol, BssSchedule(protocol, 0, 25000.0), rig.amplifier,
+                       GuardedStimulator(rig.stimulator, rig.limits, 25000.0), store, [], None,
+                       LoopConfig(realtime=True, progress=False), publisher=publisher, rig_state=rig.state,
+                       reactions=reactions)
+    return runner, store, publisher
+
+
+def test_falling_behind_is_counted_stored_and_published(small_protocol, tmp_path):
+    def slow_rule(spikes, now):  # a closed-loop rule that costs more than a 20-ms chunk of rig time
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.030:
+            pass
+        return []
+    runner, store, publisher = _realtime_runner(small_protocol, tmp_path, [slow_rule])
+    stats = runner.run()
+    store.close()
+    assert stats.overruns > 0 and stats.max_lag_s > 0.05
+    stored = [e for e in read_jsonl(tmp_path / "rt" / "events.jsonl") if e["event"] == "overrun"]
+    assert len(stored) == stats.overruns
+    assert sum(1 for topic, _ in publisher.messages if topic == "overrun") == stats.overruns
