@@ -61,6 +61,23 @@ def test_ground_truth_recall_and_precision(sweep):
         assert s.precision >= need, (snr, s)
 
 
+def test_ground_truth_at_another_rate_and_noise_level():
+    truth = generate(GroundTruthConfig(n_channels=4, duration_s=10.0, sample_rate_hz=20000.0, noise_rms_uV=10.0,
+                                       snr_values=(6.0, 8.0), seed=12))
+    spikes, path = run(truth, 20)
+    result = score(spikes, truth, start_s=path.settle_samples / 20000.0)
+    assert result[6.0].recall >= 0.95 and result[6.0].precision >= 0.95
+    assert result[8.0].recall >= 0.98 and result[8.0].precision >= 0.98
+
+
+def test_amplitude_estimates_the_trough(sweep):
+    spikes, _ = run(sweep, 1000)
+    c = int(np.flatnonzero(sweep.snr == 25.0)[0])
+    true_uV = 25.0 * sweep.inband_noise_uV[c]
+    est = -spikes.amplitude_uV[spikes.channel == c]
+    assert abs(np.median(est) - true_uV) < 0.1 * true_uV
+
+
 def test_plain_threshold_would_not_pass(sweep):
     """The data are hard enough: a causal band-pass + 5-SD threshold misses many SNR-6 spikes."""
     from scipy.signal import butter

@@ -1,15 +1,20 @@
 """`rigctl bench ...`: benchmarks that print figures and end with one JSON line.
 
-`bench` is a sub-command group. This module owns `bench throughput`; other modules add their own
-entries (e.g. `bench latency`) by calling `add_bench_command(name, help)` from their `register(sub)`:
+`bench` is a sub-command group. This module owns `bench throughput`; other command modules add their
+own entries (e.g. `bench latency`) from their `register(sub)` with `add_bench_command`:
 
     from rigctl.commands.bench import add_bench_command
-    def register(sub):
-        p = add_bench_command("latency", "closed-loop latency on a rig")
-        p.add_argument(...); p.set_defaults(func=...)
 
-The CLI imports command modules in name order, and `bench` sorts before most; `add_bench_command`
-creates the group on first use whichever module calls first.
+    def register(sub) -> None:
+        p = add_bench_command("latency", "closed-loop latency on a rig")   # or (sub, name, help)
+        p.add_argument("--rig", required=True)
+        p.set_defaults(func=run_latency)
+
+The group is created on the top-level `sub` by whichever registers first and is stored on that `sub`
+object, so every parser the CLI builds (tests call `main()` many times) gets its own group. The
+two-argument form uses the group of the parser being built (the last one `bench` registered with),
+which works because the CLI registers modules in name order and `bench` sorts before `bench_*`;
+pass `sub` explicitly from a module whose name sorts before `bench`.
 """
 
 from __future__ import annotations
@@ -17,24 +22,34 @@ from __future__ import annotations
 import argparse
 import json
 
-_GROUP: dict[str, argparse._SubParsersAction] = {}
-_PENDING: list[tuple[str, str, list]] = []
+_ATTR = "_rigctl_bench_group"
+_current: list = [None]  # the `sub` of the parser being built (set by register below)
 
 
-def _group(sub=None) -> argparse._SubParsersAction:
-    if "bench" not in _GROUP:
-        if sub is None:
-            raise RuntimeError("the bench group is created by rigctl.commands.bench.register(sub) first")
+def _group(sub) -> argparse._SubParsersAction:
+    group = getattr(sub, _ATTR, None)
+    if group is None:
         p = sub.add_parser("bench", help="benchmarks (throughput, latency); the last line printed is JSON",
                            description="Benchmarks that print their figures and end with one JSON line.")
-        p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
-        _GROUP["bench"] = p.add_subparsers(dest="bench_command", metavar="BENCH")
-    return _GROUP["bench"]
+        group = p.add_subparsers(dest="bench_command", metavar="BENCH")
+        group.required = True
+        setattr(sub, _ATTR, group)
+    return group
 
 
-def add_bench_command(name: str, help: str) -> argparse.ArgumentParser:
-    """Add `rigctl bench NAME`; returns its parser (add arguments and `set_defaults(func=...)`)."""
-    return _group().add_parser(name, help=help, description=help)
+def add_bench_command(*args: object) -> argparse.ArgumentParser:
+    """`add_bench_command([sub,] name, help)`: add `rigctl bench NAME` and return its parser (add
+    arguments and `set_defaults(func=callable(args) -> int)`)."""
+    if len(args) == 3:
+        sub, name, help_text = args
+    elif len(args) == 2:
+        (name, help_text), sub = args, _current[0]
+        if sub is None:
+            raise RuntimeError("add_bench_command(name, help) before rigctl.commands.bench.register(sub); "
+                               "pass sub explicitly")
+    else:
+        raise TypeError("add_bench_command([sub,] name, help)")
+    return _group(sub).add_parser(str(name), help=str(help_text), description=str(help_text))
 
 
 def _throughput(args: argparse.Namespace) -> int:
@@ -50,9 +65,8 @@ def _throughput(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    _GROUP.clear()  # a new top-level parser (e.g. a second main() in one process) gets a new group
-    _group(sub)
-    p = add_bench_command("throughput", "throughput of the online signal path (filter, blanking, detection) "
+    _current[0] = sub  # a new top-level parser (e.g. a second main() in one process) gets a new group
+    p = add_bench_command(sub, "throughput", "throughput of the online signal path (filter, blanking, detection) "
                                         "on the simulated rig's signals, on one core")
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--rate-hz", type=float, default=25000.0)

@@ -26,6 +26,8 @@ def _detect(args: argparse.Namespace) -> int:
         np.zeros((0, args.channels), np.int16)
     config = SignalConfig(threshold_sd=args.threshold_sd)
     signal = SignalPath(args.channels, args.rate_hz, args.uv_per_bit, config)
+    pulses = _read_pulses(Path(args.pulses)) if args.pulses else np.zeros((0, 2))
+    next_pulse = 0
     chunk = max(1, int(round(args.chunk_ms * 1e-3 * args.rate_hz)))
     out = open(args.out, "w") if args.out else sys.stdout
     n_spikes = 0
@@ -33,6 +35,9 @@ def _detect(args: argparse.Namespace) -> int:
         out.write("sample,channel\n")
         for a in range(0, len(data), chunk):
             block = np.ascontiguousarray(data[a:a + chunk])
+            while next_pulse < len(pulses) and pulses[next_pulse, 0] < a + len(block):
+                signal.expect_pulse(int(pulses[next_pulse, 0]), (), float(pulses[next_pulse, 1]))
+                next_pulse += 1
             spikes = signal.process(Chunk(a, block, args.uv_per_bit, args.rate_hz))
             if len(spikes):
                 out.write("".join(f"{s},{c}\n" for s, c in zip(spikes.sample.tolist(), spikes.channel.tolist())))
@@ -44,6 +49,17 @@ def _detect(args: argparse.Namespace) -> int:
     print(f"{n_spikes} spikes in {len(data)} samples x {args.channels} channels; detection starts after "
           f"{signal.settle_samples} samples (first noise estimate)", file=sys.stderr)
     return 0
+
+
+def _read_pulses(path: Path) -> np.ndarray:
+    """CSV with a header and columns `sample,duration_us` (one row per pulse): [k, 2], sorted by sample."""
+    if not path.is_file():
+        raise RigctlError(f"{path}: no such file")
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, usecols=(0, 1))
+    except ValueError as exc:
+        raise RigctlError(f"{path}: expected CSV columns sample,duration_us ({exc})") from None
+    return table[np.argsort(table[:, 0], kind="stable")]
 
 
 def _positive(kind):
@@ -67,5 +83,7 @@ def register(sub) -> None:
     p.add_argument("--chunk-ms", type=_positive(float), default=10.0, help="chunk length (default 10 ms)")
     p.add_argument("--threshold-sd", type=_positive(float), default=5.0,
                    help="threshold in SDs of the matched-filter output (default 5)")
+    p.add_argument("--pulses", metavar="CSV", help="stimulus pulses to blank: CSV with header, columns "
+                                                    "sample,duration_us")
     p.add_argument("--out", help="write the CSV here instead of stdout")
     p.set_defaults(func=_detect)

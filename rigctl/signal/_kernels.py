@@ -26,6 +26,14 @@ F_THRESHOLD, F_CLIP, F_WINSOR, F_ALPHA, F_SCALE, F_LEVEL_ALPHA = range(6)
 # flags (int64 state)
 S_RESTART, S_BLOCKS, S_EXT_UNTIL, S_COUNT_X, S_COUNT_Y, S_OPEN, S_BLOCK_POS = range(7)
 N_FLAGS = 7
+N_IPARAMS = 7
+# rows of the packed per-channel state
+R_EXT_UNTIL, R_BEST_S, R_REFR_UNTIL = range(3)  # chi, int64
+R_I_ROWS = 3
+R_LEVEL, R_BEST, R_ACC, R_LIM = 0, 1, 2, 4  # chf, float32: R_ACC.. 2 rows, R_LIM.. 3 rows
+R_F_ROWS = 7
+R_SAT_SEEN, R_OPEN = range(2)  # chb, int8
+R_B_ROWS = 2
 
 
 # ---- vector helpers --------------------------------------------------------------------------------------
@@ -33,6 +41,12 @@ N_FLAGS = 7
 def _convert(raw, i, work, r, scale):
     for c in range(work.shape[1]):
         work[r, c] = np.float32(raw[i, c]) * scale
+
+
+@njit(cache=True, fastmath=FAST, inline="never")
+def _copy_row(work, src, dst):
+    for c in range(work.shape[1]):
+        work[dst, c] = work[src, c]
 
 
 @njit(cache=True, fastmath=FAST, inline="never")
@@ -47,15 +61,35 @@ def _biquad(work, r, z, s, b0, b1, b2, a1, a2):
 
 @njit(cache=True, fastmath=FAST, inline="never")
 def _matched_filter_flat(wf, base, w, yf, m, c_n):
-    """yf[k] = sum_j w[j] * wf[base + j*c_n + k] for k < m (flat rows: vectorises across rows too)."""
+    """yf[k] = sum_j w[j] * wf[base + j*c_n + k] for k < m (flat rows: vectorises across rows too).
+
+    Four taps per pass over yf: a quarter of the loads and stores of yf. The order of additions is
+    the same for every element, so the result does not depend on where a piece starts.
+    """
+    taps = w.shape[0]
     w0 = w[0]
     for k in range(m):
         yf[k] = w0 * wf[np.uint64(base + k)]
-    for j in range(1, w.shape[0]):
+    j = 1
+    while j + 3 < taps:
+        w1 = w[j]
+        w2 = w[j + 1]
+        w3 = w[j + 2]
+        w4 = w[j + 3]
+        o1 = base + j * c_n
+        o2 = o1 + c_n
+        o3 = o2 + c_n
+        o4 = o3 + c_n
+        for k in range(m):
+            yf[k] = (yf[k] + w1 * wf[np.uint64(o1 + k)] + w2 * wf[np.uint64(o2 + k)]
+                     + w3 * wf[np.uint64(o3 + k)] + w4 * wf[np.uint64(o4 + k)])
+        j += 4
+    while j < taps:
         wj = w[j]
         off = base + j * c_n
         for k in range(m):
             yf[k] += wj * wf[np.uint64(off + k)]
+        j += 1
 
 
 @njit(cache=True, fastmath=FAST, inline="never")
@@ -119,16 +153,16 @@ def _update_sd(sd, acc, a, count, block, winsor, alpha):
 
 
 @njit(cache=True)
-def _end_block(flags, sd_x, sd_y, acc, lim, block, thr_sd, clip_sd, winsor, alpha):
+def _end_block(flags, sd_x, sd_y, chf, block, thr_sd, clip_sd, winsor, alpha):
     """Close a noise block: update the SDs, the clips and the thresholds; start a new block."""
-    _update_sd(sd_x, acc, 0, flags[S_COUNT_X], block, winsor, alpha)
-    _update_sd(sd_y, acc, 1, flags[S_COUNT_Y], block, winsor, alpha)
+    _update_sd(sd_x, chf, R_ACC, flags[S_COUNT_X], block, winsor, alpha)
+    _update_sd(sd_y, chf, R_ACC + 1, flags[S_COUNT_Y], block, winsor, alpha)
     for c in range(sd_x.shape[0]):
-        lim[0, c] = clip_sd * sd_x[c] if sd_x[c] > 0 else np.inf
-        lim[1, c] = clip_sd * sd_y[c] if sd_y[c] > 0 else np.inf
-        lim[2, c] = thr_sd * sd_y[c] if sd_y[c] > 0 else np.inf
-        acc[0, c] = 0.0
-        acc[1, c] = 0.0
+        chf[R_LIM, c] = clip_sd * sd_x[c] if sd_x[c] > 0 else np.inf
+        chf[R_LIM + 1, c] = clip_sd * sd_y[c] if sd_y[c] > 0 else np.inf
+        chf[R_LIM + 2, c] = thr_sd * sd_y[c] if sd_y[c] > 0 else np.inf
+        chf[R_ACC, c] = 0.0
+        chf[R_ACC + 1, c] = 0.0
     flags[S_COUNT_X] = 0
     flags[S_COUNT_Y] = 0
     flags[S_BLOCKS] += 1
@@ -136,18 +170,32 @@ def _end_block(flags, sd_x, sd_y, acc, lim, block, thr_sd, clip_sd, winsor, alph
 
 # ---- the chunk -----------------------------------------------------------------------------------------------
 @njit(cache=True)
-def process_chunk(raw, first, sos, zi_unit, w, iparams, fparams, pulses, flags, z, work, h, ys, sat_seen,
-                  ext_until, level, sd_x, sd_y, acc, lim, is_open, best, best_s, refr_until, out_s, out_c, out_a):
+def process_chunk(raw, first, h, sos, zi_unit, w, fparams, istate, pulses, z, work, ys, chi, chf, chb, sd, out_s,
+                  out_c, out_a):
     """Filter, blank, matched-filter and detect `raw` [n, C] (int16) starting at sample `first`.
 
-    `work` rows 0..h-1 hold the filtered samples before `first`; row h+i receives sample first+i.
+    `work` rows 0..h-1 hold the filtered samples before `first`; row h+i receives sample first+i; on
+    return rows 0..h-1 hold the last h filtered samples (the history for the next chunk).
     `ys` [rows, C] is scratch for the matched filter's output; the chunk is processed in pieces of at
     most `rows` rows, cut at every blank end so that a restart only happens on a piece's first row.
-    `pulses` rows are [suppress_start, blank_start, blank_end). `acc` [2, C] float32 sums of clipped
-    |x| and |y| over the current noise block, `lim` [3, C] float32: clip for |x|, clip for |y|,
-    detection threshold (inf while there is no estimate). Returns the number of spikes written to
-    out_s/out_c/out_a (sorted by sample, then channel).
+    `pulses` rows are [suppress_start, blank_start, blank_end). State is packed to keep the call from
+    Python cheap: `istate` = iparams + flags; per channel `chi` int64 [R_I_ROWS, C], `chf` float32
+    [R_F_ROWS, C] (restart level, best peak value, block sums of clipped |x| and |y|, clip for |x|,
+    clip for |y|, threshold; inf while there is no estimate), `chb` int8 (saturated, peak open), `sd`
+    float64 (noise SD of x and of y). Returns the number of spikes written to out_s/out_c/out_a
+    (sorted by sample, then channel).
     """
+    iparams = istate[:N_IPARAMS]
+    flags = istate[N_IPARAMS:]
+    ext_until = chi[R_EXT_UNTIL]
+    best_s = chi[R_BEST_S]
+    refr_until = chi[R_REFR_UNTIL]
+    level = chf[R_LEVEL]
+    best = chf[R_BEST]
+    sat_seen = chb[R_SAT_SEEN]
+    is_open = chb[R_OPEN]
+    sd_x = sd[0]
+    sd_y = sd[1]
     n, c_n = raw.shape
     rows = ys.shape[0]
     taps = w.shape[0]
@@ -170,8 +218,11 @@ def process_chunk(raw, first, sos, zi_unit, w, iparams, fparams, pulses, flags, 
                      ext_until, level)
         _matched_filter_flat(wf, (h + i0 - taps + 1) * c_n, w, yf, (i1 - i0) * c_n, c_n)
         k_out = _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, ys, hits, ext_until,
-                             sd_x, sd_y, acc, lim, is_open, best, best_s, refr_until, out_s, out_c, out_a, k_out)
+                             sd_x, sd_y, chf, is_open, best, best_s, refr_until, out_s, out_c, out_a, k_out)
         i0 = i1
+    # keep the last h filtered rows at the top of `work`: the matched filter's history for the next chunk
+    for r in range(h):
+        _copy_row(work, n + r, r)
     return k_out
 
 
@@ -252,7 +303,7 @@ def _filter_row_special(raw, i, t, r, pulses, flags, z, zi_unit, sos, work, sat_
 
 
 @njit(cache=True)
-def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, ys, hits, ext_until, sd_x, sd_y, acc, lim,
+def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, ys, hits, ext_until, sd_x, sd_y, chf,
                  is_open, best, best_s, refr_until, out_s, out_c, out_a, k_out):
     """Noise statistics, noise blocks and peak picking for rows i0..i1-1; returns the new spike count."""
     c_n = work.shape[1]
@@ -272,11 +323,11 @@ def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, 
         if first + i0 - post < pulses[k, 2] + extend + taps + pre and first + i1 > pulses[k, 1] - post:
             touched = True
     if not touched:
-        _add_clipped_abs_rows(acc, 0, work, h + i0, h + i1, lim, 0)
-        _add_clipped_abs_rows(acc, 1, ys, 0, i1 - i0, lim, 1)
+        _add_clipped_abs_rows(chf, R_ACC, work, h + i0, h + i1, chf, R_LIM)
+        _add_clipped_abs_rows(chf, R_ACC + 1, ys, 0, i1 - i0, chf, R_LIM + 1)
         flags[S_COUNT_X] += i1 - i0
         flags[S_COUNT_Y] += i1 - i0
-    _rows_above(ys, i1 - i0, lim, 2, hits)
+    _rows_above(ys, i1 - i0, chf, R_LIM + 2, hits)
     for i in range(i0, i1):
         t = first + i
         r = h + i
@@ -286,10 +337,10 @@ def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, 
         # or after the pulse onset in raw time, so a pulse announced just in time is honoured
         if touched:
             if not _in_intervals(t, pulses, 1, 2, 0, extend + taps + pre):
-                _add_clipped_abs(acc, 0, work, r, lim, 0)
+                _add_clipped_abs(chf, R_ACC, work, r, chf, R_LIM)
                 flags[S_COUNT_X] += 1
             if not _in_intervals(s_t, pulses, 1, 2, post, extend + pre):
-                _add_clipped_abs(acc, 1, ys, ry, lim, 1)
+                _add_clipped_abs(chf, R_ACC + 1, ys, ry, chf, R_LIM + 1)
                 flags[S_COUNT_Y] += 1
         # peaks: a local maximum above threshold, final `peak` samples later
         if flags[S_OPEN] > 0 or hits[ry]:
@@ -299,7 +350,7 @@ def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, 
                 if suppressed or s_t < ext_until[c]:
                     v = NEG_INF
                 if is_open[c] == 0:
-                    if v > lim[2, c] and s_t >= refr_until[c]:
+                    if v > chf[R_LIM + 2, c] and s_t >= refr_until[c]:
                         is_open[c] = 1
                         flags[S_OPEN] += 1
                         best[c] = v
@@ -321,5 +372,5 @@ def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, 
             pos = 0
         flags[S_BLOCK_POS] = pos
         if pos == 0:
-            _end_block(flags, sd_x, sd_y, acc, lim, block, thr_sd, clip_sd, winsor, alpha)
+            _end_block(flags, sd_x, sd_y, chf, block, thr_sd, clip_sd, winsor, alpha)
     return k_out

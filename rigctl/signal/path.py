@@ -21,13 +21,15 @@ from rigctl.types import Chunk, SpikeEvents
 
 STATE_VERSION = 1
 _EMPTY = SpikeEvents.empty()  # returned for chunks without spikes (never mutated)
+_INT16 = np.dtype(np.int16)
 
 
 @dataclass(frozen=True)
 class SignalConfig:
     """Parameters of the signal path (times in ms, frequencies in Hz).
 
-    The filter is a causal Butterworth band-pass (`high_hz` <= 0: high-pass only). Detection runs on
+    The filter is a causal Butterworth band-pass (`high_hz` <= 0: high-pass only; its upper edge is
+    capped at 0.45 x the sample rate, so the defaults work at any rate above ~1.5 kHz). Detection runs on
     a matched filter: the filtered spike template over [-mf_pre_ms, +mf_post_ms] around its trough,
     scaled so that its output estimates the trough amplitude in uV; a spike is a local maximum of
     that estimate above `threshold_sd` times its noise SD, at least `refractory_ms` after the last.
@@ -58,12 +60,14 @@ class SignalConfig:
         nyq = sample_rate_hz / 2
         if not 0 < self.low_hz < nyq:
             raise ValueError(f"low_hz must be in (0, {nyq}), got {self.low_hz}")
-        if self.high_hz > 0 and not self.low_hz < self.high_hz < nyq:
-            raise ValueError(f"high_hz must be in ({self.low_hz}, {nyq}) or <= 0, got {self.high_hz}")
+        if self.high_hz > 0 and not self.low_hz < min(self.high_hz, 0.9 * nyq):
+            raise ValueError(f"high_hz must be above low_hz ({self.low_hz}) or <= 0, got {self.high_hz}")
         if self.filter_order < 1:
             raise ValueError("filter_order must be >= 1")
         if not 0 < self.saturation_fraction <= 1:
             raise ValueError("saturation_fraction must be in (0, 1]")
+        if self.restart_mean_ms <= 0 or self.noise_block_ms <= 0:
+            raise ValueError("restart_mean_ms and noise_block_ms must be > 0")
         if (self.threshold_sd <= 0 or self.refractory_ms < 0 or self.blank_pre_ms < 0 or self.blank_post_ms < 0
                 or self.blank_saturated_ms < 0):
             raise ValueError("threshold_sd must be > 0; refractory and blanking times >= 0")
@@ -96,7 +100,8 @@ class SignalPath:
         fs = self.sample_rate_hz
         ms = fs / 1000.0
         if config.high_hz > 0:
-            sos = butter(config.filter_order, (config.low_hz, config.high_hz), "bandpass", fs=fs, output="sos")
+            band = (config.low_hz, min(config.high_hz, 0.45 * fs))
+            sos = butter(config.filter_order, band, "bandpass", fs=fs, output="sos")
         else:
             sos = butter(config.filter_order, config.low_hz, "highpass", fs=fs, output="sos")
         self._sos = np.ascontiguousarray(sos, np.float32)  # [n_sections, 6]
@@ -131,34 +136,43 @@ class SignalPath:
             level_alpha)
         # matched-filter scratch: pieces of ~8 KiB keep the output rows in L1 while all taps pass over them
         self._ys = np.zeros((max(2, 2048 // max(1, self.n_channels)), self.n_channels), np.float32)
-        self._work = np.zeros((0, self.n_channels), np.float32)
         self._spike_buf_len = 0
         self._reset_state()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run the kernel once on throwaway copies of the state, so that loading the compiled code
+        (tens of ms, once per process) happens here and not inside the first chunk of a run."""
+        c = self.n_channels
+        raw = np.zeros((1, c), np.int16)
+        work = np.zeros((self._taps, c), np.float32)
+        K.process_chunk(raw, 0, self._taps - 1, self._sos, self._zi_unit, self._w, self._fparams, self._istate.copy(),
+                        self._pulses.copy(), self._z.copy(), work, self._ys.copy(), self._chi.copy(), self._chf.copy(),
+                        self._chb.copy(), self._sd.copy(), np.empty(c + 1, np.int64), np.empty(c + 1, np.int32),
+                        np.empty(c + 1, np.float32))
 
     # ---- state -----------------------------------------------------------------------------------------
     def _reset_state(self) -> None:
         c = self.n_channels
         n_sec = self._sos.shape[0]
         self._z = np.zeros((n_sec, 2, c), np.float32)
-        self._hist = np.zeros((self._taps - 1, c), np.float32)  # filtered samples before `_raw_end`
+        # rows 0..taps-2: the filtered samples before `_raw_end` (matched-filter history); the rest is scratch
+        self._work = np.zeros((self._taps - 1 + 64, c), np.float32)
         self._raw_end = None  # one past the last raw sample processed (None: nothing yet)
         never = np.iinfo(np.int64).min // 2
-        # ints: [restart pending, noise blocks done, last sample of any saturation blank]
-        self._flags = np.zeros(K.N_FLAGS, np.int64)
+        # packed state (see rigctl.signal._kernels.process_chunk): few arrays make the call from Python cheap
+        self._istate = np.zeros(K.N_IPARAMS + K.N_FLAGS, np.int64)
+        self._istate[:K.N_IPARAMS] = self._iparams
+        self._flags = self._istate[K.N_IPARAMS:]  # view
         self._flags[K.S_RESTART] = 1  # the first sample settles the filter
         self._flags[K.S_EXT_UNTIL] = never
-        self._sat_seen = np.zeros(c, np.int8)
-        self._ext_until = np.full(c, never, np.int64)
-        self._level = np.zeros(c, np.float32)
-        self._sd_x = np.zeros(c, np.float64)
-        self._sd_y = np.zeros(c, np.float64)
-        self._acc = np.zeros((2, c), np.float32)  # block sums of clipped |x| and |y|
-        self._lim = np.full((3, c), np.inf, np.float32)  # clip |x|, clip |y|, threshold on y
-        # peak state per channel: open (0/1), best value, best sample, refractory end
-        self._open = np.zeros(c, np.int8)
-        self._best = np.zeros(c, np.float32)
-        self._best_s = np.zeros(c, np.int64)
-        self._refr_until = np.full(c, never, np.int64)
+        self._chi = np.zeros((K.R_I_ROWS, c), np.int64)  # saturation-blank end, peak sample, refractory end
+        self._chi[K.R_EXT_UNTIL] = never
+        self._chi[K.R_REFR_UNTIL] = never
+        self._chf = np.zeros((K.R_F_ROWS, c), np.float32)  # restart level, peak value, block sums, clips, threshold
+        self._chf[K.R_LIM:K.R_LIM + 3] = np.inf
+        self._chb = np.zeros((K.R_B_ROWS, c), np.int8)  # saturated during this blank, peak open
+        self._sd = np.zeros((2, c), np.float64)  # noise SD of the band-passed signal, of the matched filter
         self._pulses = np.zeros((0, 3), np.int64)  # [suppress_start, blank_start, blank_end)
         self.late_pulses = 0
 
@@ -168,13 +182,10 @@ class SignalPath:
             "version": STATE_VERSION,
             "config": asdict(self.config),
             "n_channels": self.n_channels, "sample_rate_hz": self.sample_rate_hz, "uV_per_bit": self.uV_per_bit,
-            "z": self._z.copy(), "hist": self._hist.copy(), "raw_end": self._raw_end,
-            "flags": self._flags.copy(), "sd_x": self._sd_x.copy(), "sd_y": self._sd_y.copy(),
-            "acc": self._acc.copy(), "lim": self._lim.copy(), "open": self._open.copy(), "best": self._best.copy(),
-            "best_s": self._best_s.copy(), "refr_until": self._refr_until.copy(),
+            "z": self._z.copy(), "hist": self._work[:self._taps - 1].copy(), "raw_end": self._raw_end,
+            "istate": self._istate.copy(), "chi": self._chi.copy(), "chf": self._chf.copy(),
+            "chb": self._chb.copy(), "sd": self._sd.copy(),
             "pulses": self._pulses.copy(), "late_pulses": self.late_pulses,
-            "sat_seen": self._sat_seen.copy(), "ext_until": self._ext_until.copy(),
-            "level": self._level.copy(),
         }
 
     def set_state(self, state: dict) -> None:
@@ -184,22 +195,17 @@ class SignalPath:
                 or state["config"] != asdict(self.config)):
             raise ValueError("signal state was saved by a path with another configuration")
         self._z = np.ascontiguousarray(state["z"], np.float32).copy()
-        self._hist = np.ascontiguousarray(state["hist"], np.float32).copy()
+        self._work = np.zeros((self._taps - 1 + 64, self.n_channels), np.float32)
+        self._work[:self._taps - 1] = state["hist"]
         self._raw_end = state["raw_end"]
-        self._flags = np.array(state["flags"], np.int64)
-        self._sd_x = np.array(state["sd_x"], np.float64)
-        self._sd_y = np.array(state["sd_y"], np.float64)
-        self._acc = np.array(state["acc"], np.float32)
-        self._lim = np.array(state["lim"], np.float32)
-        self._open = np.array(state["open"], np.int8)
-        self._best = np.array(state["best"], np.float32)
-        self._best_s = np.array(state["best_s"], np.int64)
-        self._refr_until = np.array(state["refr_until"], np.int64)
+        self._istate = np.array(state["istate"], np.int64)
+        self._flags = self._istate[K.N_IPARAMS:]
+        self._chi = np.array(state["chi"], np.int64)
+        self._chf = np.array(state["chf"], np.float32)
+        self._chb = np.array(state["chb"], np.int8)
+        self._sd = np.array(state["sd"], np.float64)
         self._pulses = np.array(state["pulses"], np.int64).reshape(-1, 3)
         self.late_pulses = int(state["late_pulses"])
-        self._sat_seen = np.array(state["sat_seen"], np.int8)
-        self._ext_until = np.array(state["ext_until"], np.int64)
-        self._level = np.array(state["level"], np.float32)
 
     # ---- properties ------------------------------------------------------------------------------------
     @property
@@ -217,12 +223,12 @@ class SignalPath:
     @property
     def noise_uV(self) -> np.ndarray:
         """Per-channel SD of the band-passed signal (uV); 0 until the first noise block is complete."""
-        return self._sd_x.astype(np.float32)
+        return self._sd[0].astype(np.float32)
 
     @property
     def detector_noise_uV(self) -> np.ndarray:
         """Per-channel SD of the matched-filter amplitude estimate (uV); the threshold is a multiple of it."""
-        return self._sd_y.astype(np.float32)
+        return self._sd[1].astype(np.float32)
 
     @property
     def settle_samples(self) -> int:
@@ -258,24 +264,23 @@ class SignalPath:
             raise ValueError(f"chunk starts at {first}, expected {self._raw_end} (chunks must be contiguous)")
         if n == 0:
             return _EMPTY
-        if raw.dtype != np.int16 or not raw.flags.c_contiguous:
+        if raw.dtype is not _INT16 or not raw.flags.c_contiguous:
             raw = np.ascontiguousarray(raw, np.int16)
         h = self._taps - 1
         if self._work.shape[0] < h + n:
-            self._work = np.zeros((h + n, self.n_channels), np.float32)
+            grown = np.zeros((h + n, self.n_channels), np.float32)
+            grown[:h] = self._work[:h]
+            self._work = grown
         work = self._work
-        work[:h] = self._hist
         max_spikes = n * self.n_channels // max(1, self._refractory) + self.n_channels + 1
         if self._spike_buf_len < max_spikes:
             self._spike_buf_len = max(max_spikes, 2 * self._spike_buf_len)
             self._out_s = np.empty(self._spike_buf_len, np.int64)
             self._out_c = np.empty(self._spike_buf_len, np.int32)
             self._out_a = np.empty(self._spike_buf_len, np.float32)
-        k = K.process_chunk(raw, first, self._sos, self._zi_unit, self._w, self._iparams, self._fparams,
-                           self._pulses, self._flags, self._z, work, h, self._ys, self._sat_seen, self._ext_until, self._level,
-                           self._sd_x, self._sd_y, self._acc, self._lim, self._open, self._best, self._best_s,
-                           self._refr_until, self._out_s, self._out_c, self._out_a)
-        self._hist[:] = work[n:n + h]
+        k = K.process_chunk(raw, first, h, self._sos, self._zi_unit, self._w, self._fparams, self._istate,
+                            self._pulses, self._z, work, self._ys, self._chi, self._chf, self._chb, self._sd,
+                            self._out_s, self._out_c, self._out_a)
         self._raw_end = first + n
         # forget pulses whose suppression (and the matched filter's reach past them) is over
         if len(self._pulses):
