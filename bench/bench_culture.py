@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                     culture.stimulate(p, pulses[p], pulse)
             sp, nr = culture.advance(nxt)
             t1 = time.perf_counter()
-            ev = proj.detectable(proj.electrode_events(sp, nr))
+            ev = proj.detectable_events(sp, nr)
             t2 = time.perf_counter()
             t_net += t1 - t0
             t_proj += t2 - t1

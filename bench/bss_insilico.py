@@ -9,6 +9,7 @@ checkerboard of the default protocol (group A: c < 4, group B: c >= 4, row-major
     python bench/bss_insilico.py                       # control, seeds 0 1 2, 100 sessions
     python bench/bss_insilico.py --conditions none apv bicuculline diazepam mix0 mix50 --json out.json
     python bench/bss_insilico.py --sessions 20 --seeds 0   # quick look
+    python bench/bss_insilico.py --check a.json b.json     # acceptance figures of saved runs
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run_culture(seed: int, drug: str, mixing: float, sessions: int, sample_rate_
                 culture.stimulate(t, el.tolist(), pulse)
             sp, nr = culture.advance(t + w1)
             sel = sp >= t + w0
-            ev = proj.detectable(proj.electrode_events(sp[sel], nr[sel]))
+            ev = proj.detectable_events(sp[sel], nr[sel])
             r[row] = np.bincount(ev.channel, minlength=64)
             if not el.size:
                 spont_windows.append(r[row].mean())
@@ -118,6 +119,36 @@ def summarise(res: RunResult, last: int = 10) -> dict:
     }
 
 
+def check_criteria(runs: dict) -> list[str]:
+    """The issue's acceptance figures, per seed, from runs keyed "condition/seed"; one line each."""
+    lines = []
+    seeds = sorted({int(k.split("/")[1]) for k in runs})
+    for seed in seeds:
+        get = lambda c: runs.get(f"{c}/{seed}")  # noqa: E731
+        ctl = get("none")
+        if ctl is None:
+            continue
+        sep = ctl["separation_last"]
+        ok = sep >= 0.20 and not any(ctl["empty"])
+        lines.append(f"seed {seed}: control separation {sep:.3f} >= 0.20, ensembles non-empty: {'PASS' if ok else 'FAIL'}")
+        if get("apv"):
+            v = get("apv")["separation_last"]
+            lines.append(f"seed {seed}: apv {v:.3f} < 0.10: {'PASS' if v < 0.10 else 'FAIL'}")
+        for drug, cmp in (("bicuculline", ">"), ("diazepam", "<")):
+            d = get(drug)
+            if d:
+                v = d["separation_last"]
+                ev_ok = d["evoked_mean"] > ctl["evoked_mean"] if cmp == ">" else d["evoked_mean"] < ctl["evoked_mean"]
+                lines.append(f"seed {seed}: {drug} {v:.3f} < 0.6 x control ({0.6 * sep:.3f}): "
+                             f"{'PASS' if v < 0.6 * sep else 'FAIL'}; evoked {d['evoked_mean']:.2f} {cmp} "
+                             f"{ctl['evoked_mean']:.2f}: {'PASS' if ev_ok else 'FAIL'}")
+        if get("mix0") and get("mix50"):
+            a, b = get("mix0")["separation_last"], get("mix50")["separation_last"]
+            lines.append(f"seed {seed}: mix0 {a:.3f} - mix50 {b:.3f} = {a - b:.3f} >= 0.15: "
+                         f"{'PASS' if a - b >= 0.15 else 'FAIL'}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -126,7 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-rate", type=float, default=25000.0)
     ap.add_argument("--set", nargs="*", default=[], help="CultureConfig overrides, e.g. eta_plus=0.05")
     ap.add_argument("--json", help="write all figures to this file")
+    ap.add_argument("--check", nargs="+", metavar="JSON", help="only print the acceptance figures of saved runs")
     args = ap.parse_args(argv)
+    if args.check:
+        runs: dict = {}
+        for path in args.check:
+            with open(path) as fh:
+                runs.update(json.load(fh)["runs"])
+        print("\n".join(check_criteria(runs)))
+        return 0
     overrides = {}
     for item in args.set:
         key, val = item.split("=", 1)
@@ -146,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{summ['evoked_mean']:7.3f} {summ['evoked_first_session']:6.3f} "
                   f"{summ['evoked_last_sessions']:7.3f} {summ['responsive_electrodes']:4d} "
                   f"{summ['spont_per_window']:6.3f} {summ['seconds']:6.1f}", flush=True)
+    lines = check_criteria(out["runs"])
+    if lines:
+        print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)

@@ -41,7 +41,7 @@ def ensemble_analysis(t: dict[str, np.ndarray]) -> dict[str, Any] | None:
     except ImportError:
         return None
     try:
-        res = separation_by_session(t["s"], t["r"], t["session"])
+        res = separation_by_session(t["s"], t["r"], t["session"], allow_empty=True)
     except Exception as exc:  # an empty ensemble is a finding, not a crash of the report
         return {"error": f"{type(exc).__name__}: {exc}"}
     sep = np.asarray(res.separation, dtype=float)
@@ -51,6 +51,8 @@ def ensemble_analysis(t: dict[str, np.ndarray]) -> dict[str, Any] | None:
     state_means = np.asarray(res.state_means, dtype=float)  # [ensemble, session, state]
     return {
         "g1": [int(e) for e in res.g1], "g2": [int(e) for e in res.g2],
+        "empty": [bool(e) for e in res.empty],
+        "note": "an empty ensemble contributes 0 to the separation (no electrode passed spec 2.2's rules)",
         "separation": [round(float(x), 5) for x in sep],
         "separation_last10": round(float(np.mean(last)), 5),
         "x_s1_on": np.round(res.x_s1_on, 5).tolist(), "x_s1_off": np.round(res.x_s1_off, 5).tolist(),

@@ -85,8 +85,8 @@ class CultureConfig:
     # -- plasticity (E->E synapses)
     tau_plus_ms: float = 20.0
     tau_minus_ms: float = 20.0
-    eta_plus: float = 0.005  # potentiation rate per pre-post pairing (soft bound to w_max)
-    eta_minus: float = 0.0025  # depression rate per post-pre pairing (soft bound to w_min)
+    eta_plus: float = 0.01  # potentiation rate per pre-post pairing (soft bound to w_max)
+    eta_minus: float = 0.005  # depression rate per post-pre pairing (soft bound to w_min)
     w_max_factor: float = 2.5  # w_max = factor x mean initial E->E weight
     w_min_factor: float = 0.0
     scaling_rate: float = 1.0  # synaptic scaling after each evoked window: fraction (log space) of the way
@@ -95,8 +95,8 @@ class CultureConfig:
     gate_width_mV: float = 6.0  # ...and reaches full strength gate_th + width
     # -- drugs (see sim/drugs.py)
     bicuculline_block: float = 0.6
-    diazepam_gain: float = 1.5
-    diazepam_tau_scale: float = 1.3
+    diazepam_gain: float = 2.0
+    diazepam_tau_scale: float = 1.5
 
 
 def _psp_peak_per_unit(tau_m: float, tau_s: float) -> float:
@@ -429,10 +429,6 @@ class Culture:
         self._fine_end, self._now = int(state["fine_end"]), int(state["now"])
         self._pulses = [(int(s), c.copy()) for s, c in state["pulses"]]
         self._block_cache = None
-
-
-def _spike_samples(seed: int, steps: np.ndarray, neurons: np.ndarray, spp: float) -> np.ndarray:
-    return ck.spike_samples_array(seed, steps, neurons, spp)
 
 
 def with_overrides(config: CultureConfig, **kw) -> CultureConfig:

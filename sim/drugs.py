@@ -22,8 +22,8 @@ class DrugEffect:
     nmda_drive_scale: float = 1.0  # excitatory synaptic drive carried by the NMDA component
 
 
-def drug_effect(drug: str, *, bicuculline_block: float = 0.6, diazepam_gain: float = 1.5,
-                diazepam_tau_scale: float = 1.3, nmda_block: float = 0.2) -> DrugEffect:
+def drug_effect(drug: str, *, bicuculline_block: float = 0.6, diazepam_gain: float = 2.0,
+                diazepam_tau_scale: float = 1.5, nmda_block: float = 0.2) -> DrugEffect:
     """The effect of `drug` on the network.
 
     - bicuculline: competitive GABA-A antagonist; ~10 uM blocks most of the GABA-A current. Modelled as

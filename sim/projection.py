@@ -33,25 +33,42 @@ class ElectrodeProjection:
         d = np.sqrt(((neuron_positions_um[:, None, :] - layout.positions_um[None, :, :]) ** 2).sum(-1))
         amp = -self.neuron_amplitude_uV[:, None] / (1.0 + (d / d0_um) ** 2)  # [n_neurons, n_electrodes]
         self.amplitude_uV = amp
-        neuron, electrode = np.nonzero(-amp >= self.floor_uV)  # sorted by neuron
-        self._ptr = np.searchsorted(neuron, np.arange(n + 1))
-        self._elec = electrode.astype(np.int32)
-        self._amp = amp[neuron, electrode].astype(np.float32)
+        self._floor_table = self._table(self.floor_uV)
+        self._detect_tables: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def electrode_events(self, spike_sample: np.ndarray, spike_neuron: np.ndarray) -> SpikeEvents:
-        """Every (spike, electrode) pair above the floor, sorted by sample (then electrode)."""
+    def _table(self, min_abs_uV: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sparse neuron -> (electrode, amplitude) pairs with |amplitude| >= min_abs_uV, CSR by neuron."""
+        neuron, electrode = np.nonzero(-self.amplitude_uV >= min_abs_uV)  # sorted by neuron
+        ptr = np.searchsorted(neuron, np.arange(self.amplitude_uV.shape[0] + 1))
+        return ptr, electrode.astype(np.int32), self.amplitude_uV[neuron, electrode].astype(np.float32)
+
+    @staticmethod
+    def _expand(table, spike_sample: np.ndarray, spike_neuron: np.ndarray) -> SpikeEvents:
         if len(spike_sample) == 0:
             return SpikeEvents.empty()
-        lo = self._ptr[spike_neuron]
-        cnt = self._ptr[spike_neuron + 1] - lo
+        ptr, elec, amps = table
+        lo = ptr[spike_neuron]
+        cnt = ptr[spike_neuron + 1] - lo
         total = int(cnt.sum())
         rep = np.repeat(np.arange(len(spike_neuron)), cnt)
         idx = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
         sample = np.asarray(spike_sample, np.int64)[rep]
-        channel = self._elec[idx]
-        amp = self._amp[idx]
+        channel = elec[idx]
+        amp = amps[idx]
         order = np.lexsort((channel, sample))
         return SpikeEvents(sample[order], channel[order], amp[order])
+
+    def electrode_events(self, spike_sample: np.ndarray, spike_neuron: np.ndarray) -> SpikeEvents:
+        """Every (spike, electrode) pair above the floor, sorted by sample (then electrode)."""
+        return self._expand(self._floor_table, spike_sample, spike_neuron)
+
+    def detectable_events(self, spike_sample: np.ndarray, spike_neuron: np.ndarray,
+                          threshold_sd: float = 5.0) -> SpikeEvents:
+        """Same as detectable(electrode_events(...)) without building the sub-threshold pairs (events rig)."""
+        thr = float(threshold_sd) * self.noise_rms_uV
+        if thr not in self._detect_tables:
+            self._detect_tables[thr] = self._table(max(thr, self.floor_uV))
+        return self._expand(self._detect_tables[thr], spike_sample, spike_neuron)
 
     def detectable(self, events: SpikeEvents, threshold_sd: float = 5.0) -> SpikeEvents:
         """What an ideal threshold detector finds: |amplitude| >= threshold_sd x noise rms."""

@@ -100,9 +100,10 @@ class SimRig(Amplifier, Stimulator):
             return
         spike_sample, spike_neuron = self.culture.advance(target)
         if len(spike_sample):
-            new = self.projection.electrode_events(spike_sample, spike_neuron)
             if self.mode == "events":
-                new = self.projection.detectable(new, threshold_sd=EVENTS_THRESHOLD_SD)
+                new = self.projection.detectable_events(spike_sample, spike_neuron, threshold_sd=EVENTS_THRESHOLD_SD)
+            else:
+                new = self.projection.electrode_events(spike_sample, spike_neuron)
             self._events = SpikeEvents.concat([self._events, new])
 
     def read(self) -> Chunk:

@@ -95,6 +95,9 @@ class FakeProjection:
     def detectable(self, events: SpikeEvents, threshold_sd: float = 5.0) -> SpikeEvents:
         return events
 
+    def detectable_events(self, spike_sample, spike_neuron, threshold_sd: float = 5.0) -> SpikeEvents:
+        return self.electrode_events(spike_sample, spike_neuron)
+
 
 def fake_sim_rig(seed: int = 0, mode: str = "events", chunk_ms: float | None = None):
     from rigctl.layout import ElectrodeLayout

@@ -192,6 +192,13 @@ def test_projection_amplitudes_and_detection():
     assert np.all(np.abs(det.amplitude_uV) >= 30.0)
     assert len(proj.detectable(ev, threshold_sd=1.0)) >= len(det)
     assert len(proj.electrode_events(np.empty(0, np.int64), np.empty(0, np.int32))) == 0
+    many_s = np.sort(np.random.default_rng(0).integers(0, 10 ** 6, 5000)).astype(np.int64)
+    many_n = np.random.default_rng(1).integers(0, c.n_neurons, 5000).astype(np.int32)
+    slow = proj.detectable(proj.electrode_events(many_s, many_n))
+    fast = proj.detectable_events(many_s, many_n)
+    assert len(fast) > 100
+    assert np.array_equal(slow.sample, fast.sample) and np.array_equal(slow.channel, fast.channel)
+    assert np.array_equal(slow.amplitude_uV, fast.amplitude_uV)
 
 
 def test_config_is_frozen_and_documented_units():
