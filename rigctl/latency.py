@@ -186,7 +186,6 @@ def measure_latency(rig: str, channels: int, rate_hz: float, chunk_ms: float, se
     if rig == "playback" or (rig == "sim" and (channels != 64 or rate_hz != 25000.0)):
         data = synthetic_recording(channels, rate_hz, min(seconds, 20.0), seed)
         amp_inner = PlaybackAmplifier(data, rate_hz, chunk_samples, loop=True, realtime=realtime)
-        from rigctl.sim.rig import SimRig  # noqa: F401  (same renderer as the simulated rig)
 
         class _Sink(Stimulator):
             def schedule(self, command):
@@ -216,10 +215,9 @@ def measure_latency(rig: str, channels: int, rate_hz: float, chunk_ms: float, se
         meta = {"protocol": protocol.name, "seed": seed, "rig": rig_label,
                 "shapes": {"n_sources": 2, "n_stimuli": protocol.n_stimuli, "n_electrodes": amp.n_channels}}
         store = SessionStore(Path(tmp) / "run", meta, create=True)
-        make_signal = None
-        if amp.n_channels and getattr(amp_inner, "mode", "voltage") != "events":
-            def make_signal():
-                return SignalPath(amp.n_channels, amp.sample_rate_hz, amp.uV_per_bit, SignalConfig())
+        def voltage_signal_path():
+            return SignalPath(amp.n_channels, amp.sample_rate_hz, amp.uV_per_bit, SignalConfig())
+        make_signal = None if getattr(amp_inner, "mode", "voltage") == "events" else voltage_signal_path
         runner = BssRunner(protocol, schedule, amp, guarded, store, [], make_signal,
                            LoopConfig(realtime=realtime, progress=False), reactions=[rule])
         t0 = time.monotonic()

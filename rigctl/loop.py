@@ -22,7 +22,7 @@ from rigctl.protocol import BssProtocol, BssSchedule, PlannedTrial
 from rigctl.safety import GuardedStimulator, Watchdog
 from rigctl.store import SessionStore
 from rigctl.trials import OpenTrial, TrialWindows
-from rigctl.types import Chunk, SpikeEvents
+from rigctl.types import Chunk
 
 
 @dataclass

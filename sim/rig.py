@@ -21,11 +21,9 @@ from rigctl.sim.render import VoltageRenderer
 
 ARTIFACT_DRIVE_uV = 20000.0  # extracellular drive at a stimulated electrode; saturates the amplifier
 ARTIFACT_SPREAD_UM = 40.0
-# Events mode emits the spikes the voltage path's detector would find. Measured with the signal path's
-# default configuration on this rig's traces (bench/bench_sim_rig.py, /tmp-free calibration in
-# tests/test_sim_rig.py): detection probability is 0.5 at a trough of ~3 x the broadband noise rms,
-# 0.93 at 3.5 x and >= 0.97 from 4 x. So an ideal detector with that 50 % point stands in for it.
-EVENTS_THRESHOLD_SD = 3.0  # artifact falls off as 1 / (1 + (d / spread)^2) from the nearest stimulated site
+# Events mode emits the spikes the voltage path's detector would find (calibration in sim/projection.py;
+# agreement of the two modes measured by bench/bench_sim_rig.py).
+from rigctl.sim.projection import DETECTION_THRESHOLD_SD as EVENTS_THRESHOLD_SD  # noqa: E402  # artifact falls off as 1 / (1 + (d / spread)^2) from the nearest stimulated site
 
 
 class SimRig(Amplifier, Stimulator):

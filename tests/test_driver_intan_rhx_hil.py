@@ -7,28 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from fakes import fake_sim_rig
+from hil import RIGS, fake_backend, run_direct_and_via_rig_file
 from rigctl.protocol import BssSchedule, load_protocol
 from rigctl.rigfile import open_rig
-from rigctl.rigs import Rig
 from rigctl.safety import SafetyLimits
-from rigctl.session import RunOptions, start_run
-from rigctl.store import read_stims, read_trials
 
-RIGS = Path(__file__).resolve().parents[1] / "rigs"
-
-
-class NoSkip:
-    """The direct rig, but reading through the rests like a real amplifier must."""
-
-    def __init__(self, rig):
-        self.rig = rig
-
-    def __getattr__(self, name):
-        return getattr(self.rig, name)
-
-    @property
-    def can_skip(self) -> bool:
-        return False
 
 
 def protocol_uA(tmp_path: Path) -> Path:
@@ -45,10 +28,6 @@ def protocol_uA(tmp_path: Path) -> Path:
         " interphase_us: 0}\n"
     )
     return path
-
-
-def fake_backend(*, sample_rate_hz, seed, mode, drug, chunk_ms, realtime):  # noqa: ARG001
-    return fake_sim_rig(seed, mode, chunk_ms)
 
 
 def drive(amplifier, stimulator, schedule: BssSchedule, lookahead: int) -> tuple[np.ndarray, list]:
@@ -94,27 +73,11 @@ def test_bss_through_rhx_matches_the_direct_rig(tmp_path):
     protocol = protocol_uA(tmp_path)
     seed = 5
 
-    def direct_factory(spec, *, seed, drug="none", realtime=False, chunk_ms=None):  # noqa: ARG001
-        rig = fake_sim_rig(seed, "voltage", chunk_ms)
-        return Rig(NoSkip(rig), rig, SafetyLimits(n_electrodes=64), {"kind": "sim", "mode": "voltage"},
-                   closers=[rig.stop])
-
-    direct = start_run(str(protocol), RunOptions(rig="sim", seed=seed, progress=False), tmp_path / "direct",
-                       rig_factory=direct_factory)
-    opened = []
-
-    def via_rhx(spec, **kw):
-        rig = open_rig(spec, backend_factory=fake_backend, **kw)
-        opened.append(rig)
-        return rig
-
-    hil = start_run(str(protocol), RunOptions(rig=str(RIGS / "rhx_sim.yaml"), seed=seed, progress=False),
-                    tmp_path / "hil", rig_factory=via_rhx)
-    a, b = read_trials(direct), read_trials(hil)
+    a, b, sa, sb, opened = run_direct_and_via_rig_file(protocol, "rhx_sim.yaml", seed, tmp_path,
+                                                       SafetyLimits(n_electrodes=64))
     assert len(a) == len(b) == 20
     assert np.array_equal(a["sample"], b["sample"]) and np.array_equal(a["stimuli"], b["stimuli"])
     assert np.array_equal(a["counts"], b["counts"]) and a["counts"].sum() > 0
-    sa, sb = read_stims(direct), read_stims(hil)
     assert np.array_equal(sa["sample"], sb["sample"]) and np.array_equal(sa["electrode"], sb["electrode"])
     emu = opened[0].emulators[0]
     assert emu.errors == []

@@ -2,23 +2,17 @@
 own client, and hardware in the loop with an emulated Pulse Pal."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fakes import fake_sim_rig
+from hil import run_direct_and_via_rig_file
 from rigctl.drivers.openephys import OpenEphysGUI
 from rigctl.errors import DeviceError
-from rigctl.rigfile import open_rig
-from rigctl.rigs import Rig
 from rigctl.safety import SafetyLimits
-from rigctl.session import RunOptions, start_run
 from rigctl.sim.openephys_emulator import OpenEphysEmulator
-from rigctl.store import read_stims, read_trials
 from test_emulator_fakes import ClockBackend
 
-RIGS = Path(__file__).resolve().parents[1] / "rigs"
 
 
 @pytest.fixture
@@ -162,22 +156,6 @@ def test_open_ephys_python_tools_controls_the_emulator():
 
 # ---- hardware in the loop ------------------------------------------------------------------------------------
 
-class NoSkip:
-    def __init__(self, rig):
-        self.rig = rig
-
-    def __getattr__(self, name):
-        return getattr(self.rig, name)
-
-    @property
-    def can_skip(self) -> bool:
-        return False
-
-
-def fake_backend(*, sample_rate_hz, seed, mode, drug, chunk_ms, realtime):  # noqa: ARG001
-    return fake_sim_rig(seed, mode, chunk_ms)
-
-
 def test_bss_through_open_ephys_and_pulse_pal_matches_the_direct_rig(tmp_path):
     protocol = tmp_path / "bss4.yaml"
     protocol.write_text(
@@ -187,27 +165,12 @@ def test_bss_through_open_ephys_and_pulse_pal_matches_the_direct_rig(tmp_path):
         " interphase_us: 0}\n")
     seed = 7
 
-    def direct_factory(spec, *, seed, drug="none", realtime=False, chunk_ms=None):  # noqa: ARG001
-        rig = fake_sim_rig(seed, "voltage", chunk_ms)
-        return Rig(NoSkip(rig), rig, SafetyLimits(n_electrodes=64, allowed_electrodes=frozenset({0, 2, 4, 6})),
-                   {"kind": "sim", "mode": "voltage"}, closers=[rig.stop])
-
-    direct = start_run(str(protocol), RunOptions(rig="sim", seed=seed, progress=False), tmp_path / "direct",
-                       rig_factory=direct_factory)
-    opened = []
-
-    def via_wire(spec, **kw):
-        rig = open_rig(spec, backend_factory=fake_backend, **kw)
-        opened.append(rig)
-        return rig
-
-    hil = start_run(str(protocol), RunOptions(rig=str(RIGS / "openephys_pulsepal.yaml"), seed=seed, progress=False),
-                    tmp_path / "hil", rig_factory=via_wire)
-    a, b = read_trials(direct), read_trials(hil)
+    a, b, sa, sb, opened = run_direct_and_via_rig_file(
+        protocol, "openephys_pulsepal.yaml", seed, tmp_path,
+        SafetyLimits(n_electrodes=64, allowed_electrodes=frozenset({0, 2, 4, 6})))
     assert len(a) == len(b) == 16
     assert np.array_equal(a["sample"], b["sample"]) and np.array_equal(a["counts"], b["counts"])
     assert a["counts"].sum() > 0
-    sa, sb = read_stims(direct), read_stims(hil)
     assert np.array_equal(sa["sample"], sb["sample"]) and np.array_equal(sa["electrode"], sb["electrode"])
     oe, pp = opened[0].emulators
     assert oe.errors == [] and pp.errors == []
