@@ -95,7 +95,7 @@ class CultureConfig:
     gate_width_mV: float = 6.0  # ...and reaches full strength gate_th + width
     # -- drugs (see sim/drugs.py)
     bicuculline_block: float = 0.6
-    diazepam_gain: float = 2.0
+    diazepam_gain: float = 3.0
     diazepam_tau_scale: float = 1.5
 
 
