@@ -18,7 +18,7 @@ PULSE = BiphasicPulse.symmetric(10.0, 200.0, "uA")
 def setup():
     backend = ClockBackend(chunk_samples=250, n_electrodes=16)
     emu = RHXEmulator(backend, channel_names=NAMES, step_uA=1.0).start()
-    drv = IntanRHX("127.0.0.1", emu.command_port, electrode_channels=NAMES, timeout_s=0.5)
+    drv = IntanRHX("127.0.0.1", emu.command_port, electrode_channels=NAMES, timeout_s=1.0)
     yield backend, emu, drv
     drv.close()
     emu.close()
@@ -128,7 +128,7 @@ def test_controller_that_stops_answering(setup):
     drv.start()
     run(drv, 1000)
     emu.faults.hung = True
-    with pytest.raises(DeviceError, match="no waveform data for 0.5 s"):
+    with pytest.raises(DeviceError, match="no waveform data for 1.0 s"):
         run(drv, 10 ** 9)
     with pytest.raises(DeviceError, match="not answering"):
         drv.get("RunMode")

@@ -19,7 +19,7 @@ from test_emulator_fakes import ClockBackend
 def setup():
     backend = ClockBackend(chunk_samples=250, n_electrodes=16)
     emu = OpenEphysEmulator(backend, block_samples=200).start()
-    drv = OpenEphysGUI("127.0.0.1", emu.http_port, timeout_s=0.5)
+    drv = OpenEphysGUI("127.0.0.1", emu.http_port, timeout_s=1.0)
     yield backend, emu, drv
     drv.stop()
     emu.close()
@@ -67,7 +67,7 @@ def test_stalled_stream_times_out(setup):
     drv.start()
     read_until(drv, 1000)
     emu.faults.stalled = True
-    with pytest.raises(DeviceError, match="no data for 0.5 s"):
+    with pytest.raises(DeviceError, match="no data for 1.0 s"):
         read_until(drv, 10 ** 9)
 
 
