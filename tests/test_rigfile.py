@@ -1,6 +1,7 @@
 """Rig files: what they open, and errors that name the file, line, field, value and what is allowed."""
 
 import argparse
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -108,12 +109,14 @@ def test_emulated_stimulator_needs_an_emulated_culture(tmp_path):
         _build_pulsepal(ctx, doc.data["stimulator"], amp, [])
 
 
-def test_emulate_command_prints_where_to_connect_and_serves_the_vendor_protocol():
+@contextlib.contextmanager
+def emulator_running(**overrides):
+    """Runs `rigctl emulate` (run_emulator) on the fake culture in a thread; yields what it printed as ready."""
     from rigctl.commands.emulate import _parse_outputs, run_emulator
 
-    args = argparse.Namespace(device="pulsepal", seed=0, realtime=False, drug="none", sample_rate_hz=25000.0,
-                              mode="voltage", outputs=_parse_outputs("1:0,2:2+3"), host="127.0.0.1", port=None,
-                              duration_s=10.0)
+    fields = dict(device="pulsepal", seed=0, realtime=False, drug="none", sample_rate_hz=25000.0, mode="voltage",
+                  outputs=_parse_outputs("1:0"), host="127.0.0.1", port=0, duration_s=20.0)
+    fields.update(overrides)
     info: dict = {}
     ready = threading.Event()
     stop = threading.Event()
@@ -122,19 +125,27 @@ def test_emulate_command_prints_where_to_connect_and_serves_the_vendor_protocol(
         info.update(d)
         ready.set()
 
-    t = threading.Thread(target=run_emulator, args=(args, lambda a, mode: fake_sim_rig(a.seed, mode)),
+    t = threading.Thread(target=run_emulator, args=(argparse.Namespace(**fields),
+                                                    lambda a, mode: fake_sim_rig(a.seed, mode)),
                          kwargs={"ready": on_ready, "stop": stop})
     t.start()
     try:
         assert ready.wait(5.0)
-        assert info["outputs"] == {1: [0], 2: [2, 3]}
-        drv = PulsePal(info["port"], {1: (0,), 2: (2, 3)}, 25000.0)
-        assert drv.firmware_version == 21
-        drv.close()
+        yield info
     finally:
         stop.set()
         t.join(5.0)
     assert not t.is_alive()
+
+
+def test_emulate_command_prints_where_to_connect_and_serves_the_vendor_protocol():
+    from rigctl.commands.emulate import _parse_outputs
+
+    with emulator_running(outputs=_parse_outputs("1:0,2:2+3"), port=None, duration_s=10.0) as info:
+        assert info["outputs"] == {1: [0], 2: [2, 3]}
+        drv = PulsePal(info["port"], {1: (0,), 2: (2, 3)}, 25000.0)
+        assert drv.firmware_version == 21
+        drv.close()
     with pytest.raises(argparse.ArgumentTypeError, match="allowed: 1..4"):
         _parse_outputs("7:1")
 
@@ -193,26 +204,10 @@ def test_recording_only_rig_refuses_commands(tmp_path):
 
 @pytest.mark.parametrize("device", ["rhx", "openephys"])
 def test_emulate_command_serves_data_devices(device):
-    from rigctl.commands.emulate import _parse_outputs, run_emulator
     from rigctl.drivers.intan_rhx import IntanRHX
     from rigctl.drivers.openephys import OpenEphysGUI
 
-    args = argparse.Namespace(device=device, seed=0, realtime=False, drug="none", sample_rate_hz=25000.0,
-                              mode="voltage", outputs=_parse_outputs("1:0"), host="127.0.0.1", port=0,
-                              duration_s=20.0)
-    info: dict = {}
-    ready = threading.Event()
-    stop = threading.Event()
-
-    def on_ready(d):
-        info.update(d)
-        ready.set()
-
-    t = threading.Thread(target=run_emulator, args=(args, lambda a, mode: fake_sim_rig(a.seed, mode)),
-                         kwargs={"ready": on_ready, "stop": stop})
-    t.start()
-    try:
-        assert ready.wait(5.0)
+    with emulator_running(device=device) as info:
         if device == "rhx":
             drv = IntanRHX("127.0.0.1", info["command_port"],
                            electrode_channels=[f"A-{i:03d}" for i in range(32)] + [f"B-{i:03d}" for i in range(32)])
@@ -235,7 +230,3 @@ def test_emulate_command_serves_data_devices(device):
             drv.start()
             assert drv.read().samples.shape[1] == 64
             drv.stop()
-    finally:
-        stop.set()
-        t.join(5.0)
-    assert not t.is_alive()
