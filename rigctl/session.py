@@ -56,6 +56,10 @@ def _models(protocol: BssProtocol, n_electrodes: int) -> list:
 
 
 def _signal_factory(rig: Rig):
+    """(factory of the rig's SignalPath, its configuration as a dict); (None, None) for an events rig,
+    whose chunks carry the device's own spikes."""
+    if rig.description.get("mode") == "events":
+        return None, None
     amp = rig.amplifier
     from rigctl.signal import SignalConfig, SignalPath
 
@@ -86,8 +90,7 @@ def _make_runner(protocol: BssProtocol, seed: int, rig: Rig, store: SessionStore
                  publisher=None) -> BssRunner:
     schedule = BssSchedule(protocol, seed, rig.amplifier.sample_rate_hz)
     guarded = GuardedStimulator(rig.stimulator, rig.limits, rig.amplifier.sample_rate_hz)
-    needs_signal = not (rig.description.get("mode") == "events")
-    make_signal = _signal_factory(rig)[0] if needs_signal else None
+    make_signal = _signal_factory(rig)[0]
     config = LoopConfig(realtime=options.realtime, progress=options.progress)
     return BssRunner(protocol, schedule, rig.amplifier, guarded, store, _models(protocol, rig.amplifier.n_channels),
                      make_signal, config, publisher=publisher, rig_state=rig.state)
@@ -122,7 +125,7 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
     try:
         _check_protocol_fits_rig(protocol, rig)
         out = Path(out) if out is not None else default_out_dir(protocol, seed)
-        signal_config = None if rig.description.get("mode") == "events" else _signal_factory(rig)[1]
+        signal_config = _signal_factory(rig)[1]
         meta = {
             "rigctl_version": rigctl.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
