@@ -42,7 +42,7 @@ class CultureConfig:
     out_degree_exc: float = 60.0  # mean synapses made by an E neuron
     out_degree_inh: float = 80.0  # mean synapses made by an I neuron
     # -- synaptic efficacies, as the peak PSP they cause in a resting target (mV)
-    epsp_ee_mV: float = 2.0
+    epsp_ee_mV: float = 2.5  # session-1 evoked ~1.6-2 spikes/electrode/trial (released: 2.6-3.2)
     epsp_ei_mV: float = 3.0
     ipsp_ie_mV: float = 4.0
     ipsp_ii_mV: float = 2.0
@@ -85,17 +85,17 @@ class CultureConfig:
     # -- plasticity (E->E synapses)
     tau_plus_ms: float = 20.0
     tau_minus_ms: float = 20.0
-    eta_plus: float = 0.01  # potentiation rate per pre-post pairing (soft bound to w_max)
+    eta_plus: float = 0.004  # potentiation rate per pre-post pairing (soft bound to w_max); learning over ~50 sessions
     eta_minus: float = 0.005  # depression rate per post-pre pairing (soft bound to w_min)
-    w_max_factor: float = 2.5  # w_max = factor x mean initial E->E weight
+    w_max_factor: float = 1.5  # w_max = factor x mean initial E->E weight (bounds the gain rise: ~2x over a run)
     w_min_factor: float = 0.0
     scaling_rate: float = 1.0  # synaptic scaling after each evoked window: fraction (log space) of the way
     # back to each neuron's initial summed E->E input (1 = exact normalisation; 0 = off)
     gate_th_mV: float = 10.0  # NMDA-like gate: net synaptic drive at the spike above which LTP starts
     gate_width_mV: float = 6.0  # ...and reaches full strength gate_th + width
     # -- drugs (see sim/drugs.py)
-    bicuculline_block: float = 0.6
-    diazepam_gain: float = 3.0
+    bicuculline_block: float = 0.4
+    diazepam_gain: float = 2.4
     diazepam_tau_scale: float = 1.5
 
 

@@ -22,7 +22,7 @@ class DrugEffect:
     nmda_drive_scale: float = 1.0  # excitatory synaptic drive carried by the NMDA component
 
 
-def drug_effect(drug: str, *, bicuculline_block: float = 0.6, diazepam_gain: float = 3.0,
+def drug_effect(drug: str, *, bicuculline_block: float = 0.4, diazepam_gain: float = 2.4,
                 diazepam_tau_scale: float = 1.5, nmda_block: float = 0.2) -> DrugEffect:
     """The effect of `drug` on the network.
 
