@@ -176,6 +176,9 @@ class OpenEphysGUI(Amplifier):
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise self._fault(f"malformed ZMQ message header ({exc})") from exc
         if self._expected_msg is not None and num != self._expected_msg:
+            if num == 1 and self._expected_msg > 1:  # the plugin restarts its count at acquisition start
+                raise self._fault(f"acquisition restarted in the GUI (message_num back to 1 after "
+                                  f"{self._expected_msg - 1}); the recording is not continuous")
             raise self._fault(f"message_num jumped from {self._expected_msg} to {num}: "
                               f"{num - self._expected_msg} message(s) lost")
         self._expected_msg = num + 1

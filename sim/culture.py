@@ -42,7 +42,7 @@ class CultureConfig:
     out_degree_exc: float = 60.0  # mean synapses made by an E neuron
     out_degree_inh: float = 80.0  # mean synapses made by an I neuron
     # -- synaptic efficacies, as the peak PSP they cause in a resting target (mV)
-    epsp_ee_mV: float = 2.5  # session-1 evoked ~1.6-2 spikes/electrode/trial (released: 2.6-3.2)
+    epsp_ee_mV: float = 2.5  # session-1 evoked ~1.6-2 spikes/electrode/trial (released: 0.4-5.4, 0 % mixing 2.6-4.6)
     epsp_ei_mV: float = 3.0
     ipsp_ie_mV: float = 4.0
     ipsp_ii_mV: float = 2.0
@@ -85,9 +85,9 @@ class CultureConfig:
     # -- plasticity (E->E synapses)
     tau_plus_ms: float = 20.0
     tau_minus_ms: float = 20.0
-    eta_plus: float = 0.004  # potentiation rate per pre-post pairing (soft bound to w_max); learning over ~50 sessions
+    eta_plus: float = 0.004  # potentiation rate per pre-post pairing (soft bound to w_max); the rise mostly within ~20 sessions
     eta_minus: float = 0.005  # depression rate per post-pre pairing (soft bound to w_min)
-    w_max_factor: float = 1.5  # w_max = factor x mean initial E->E weight (bounds the gain rise: ~2x over a run)
+    w_max_factor: float = 1.5  # w_max = factor x mean initial E->E weight (bounds the gain rise: 1.4-1.8x over a run)
     w_min_factor: float = 0.0
     scaling_rate: float = 1.0  # synaptic scaling after each evoked window: fraction (log space) of the way
     # back to each neuron's initial summed E->E input (1 = exact normalisation; 0 = off)

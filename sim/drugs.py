@@ -26,8 +26,8 @@ def drug_effect(drug: str, *, bicuculline_block: float = 0.4, diazepam_gain: flo
                 diazepam_tau_scale: float = 1.5, nmda_block: float = 0.2) -> DrugEffect:
     """The effect of `drug` on the network.
 
-    - bicuculline: competitive GABA-A antagonist; ~10 uM blocks most of the GABA-A current. Modelled as
-      inhibitory efficacy x (1 - bicuculline_block).
+    - bicuculline: competitive GABA-A antagonist; the dose is [unknown] (spec 1.5), so it is
+      modelled as a partial block: inhibitory efficacy x (1 - bicuculline_block), 40 % by default.
     - diazepam: positive allosteric modulator of GABA-A; raises the amplitude and prolongs the decay of
       IPSCs. Modelled as inhibitory efficacy x diazepam_gain and decay time x diazepam_tau_scale.
     - apv: NMDA-receptor antagonist; blocks NMDA-dependent Hebbian plasticity (both directions here) and

@@ -71,6 +71,18 @@ def test_stalled_stream_times_out(setup):
         read_until(drv, 10 ** 9)
 
 
+def test_acquisition_restarted_in_the_gui_is_a_fault(setup):
+    """Someone presses stop and start in the GUI mid-run: the plugin's count restarts, the data are not
+    continuous, and the driver says so (rather than "messages lost")."""
+    _, emu, drv = setup
+    drv.start()
+    read_until(drv, 1000)
+    drv.http("/api/status", {"mode": "IDLE"})
+    drv.http("/api/status", {"mode": "ACQUIRE"})
+    with pytest.raises(DeviceError, match="acquisition restarted in the GUI"):
+        read_until(drv, 10 ** 9)
+
+
 def test_lost_messages_are_detected(setup):
     _, emu, drv = setup
     drv.start()
@@ -139,16 +151,17 @@ def test_open_ephys_python_tools_controls_the_emulator():
         assert gui.status() == "IDLE"
         names = [p["name"] for p in gui.get_processors()]
         assert "ZMQ Interface" in names
-        drv.start()  # our driver subscribes; the vendor client drives the GUI
-        gui.idle()
-        assert emu.mode == "IDLE"
-        gui.acquire()
+        drv.start()  # our driver subscribes and starts acquisition; the vendor client sees it
         assert gui.status() == "ACQUIRE"
         assert drv.read().n_samples > 0
         gui.message("hello")
         assert emu.messages == ["hello"]
-        gui.idle()
-        assert gui.status() == "IDLE"
+        gui.idle()  # the vendor client stops acquisition under our driver: it reports the stall
+        assert emu.mode == "IDLE" and gui.status() == "IDLE"
+        with pytest.raises(DeviceError, match="no data for 1.0 s"):
+            read_until(drv, 10 ** 9)
+        gui.acquire()
+        assert gui.status() == "ACQUIRE"
     finally:
         drv.stop()
         emu.close()
