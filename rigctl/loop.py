@@ -27,7 +27,7 @@ from rigctl.types import Chunk
 
 @dataclass
 class LoopConfig:
-    lookahead_s: float = 0.2  # commands are handed to the stimulator this far ahead (>= one chunk)
+    lookahead_s: float = 0.2  # commands are handed to the stimulator this far ahead (raised to 2 chunks)
     realtime: bool = False  # wall-clock run: measure lag, count overruns
     overrun_budget_s: float = 0.05  # lag beyond which a realtime chunk counts as an overrun
     watchdog_s: float = 1.0  # realtime: no chunk processed for this long -> stimulator to safe state
@@ -97,11 +97,15 @@ class BssRunner:
         w = protocol.response_window_ms
         self.windows = TrialWindows(amplifier.n_channels, (schedule.ms_to_samples(w[0]), schedule.ms_to_samples(w[1])))
         self.lookahead = int(round(config.lookahead_s * fs))
+        # a pulse must be handed over before the chunk that contains it is read: the horizon spans at least
+        # two chunks, of the rig's declared size or the largest seen (drivers need not declare one)
+        self.chunk_hint = int(getattr(amplifier, "chunk_samples", 0) or 0)
         self.lead_in = int(round(protocol.first_trial_s * fs))
         self.signal = None
         self.next_to_schedule = 0
         self.n_done = 0
         self.clock = 0  # one past the last sample read
+        self.spikes_until = 0  # one past the last sample whose spikes are final
         self.keep_ranges: dict[str, list[tuple[int, int]]] = {"raw": [], "spikes": []}
         self.stats = LoopStats()
         self._session_counts: list[np.ndarray] = []
@@ -110,6 +114,7 @@ class BssRunner:
     def get_state(self) -> dict[str, Any]:
         return {
             "next_to_schedule": self.next_to_schedule, "n_done": self.n_done, "clock": self.clock,
+            "spikes_until": self.spikes_until,
             "open": [(t.planned.index, t.counts.copy()) for t in self.windows.open],
             "keep_ranges": {k: list(v) for k, v in self.keep_ranges.items()},
             "rates": dict(self.stim.rates.last_sample),
@@ -124,6 +129,7 @@ class BssRunner:
         self.next_to_schedule = state["next_to_schedule"]
         self.n_done = state["n_done"]
         self.clock = state["clock"]
+        self.spikes_until = state.get("spikes_until", self.clock)  # checkpoints before 2026-11-23 lack it
         self.windows.open = []
         for index, counts in state["open"]:
             self.windows.add(self.schedule.trial(index))
@@ -181,7 +187,7 @@ class BssRunner:
         self._clock_origin = None  # set at the first chunk: start-up (JIT compilation, connects) is not lag
         watchdog = Watchdog(self.config.watchdog_s, self._on_stall).start() if self.config.realtime else None
         try:
-            while self.n_done < total:
+            while self.n_done < total or self._keeping():
                 self._skip_rest_if_possible()
                 self._schedule_ahead()
                 chunk = self.amp.read()
@@ -216,18 +222,25 @@ class BssRunner:
         if (nxt == 0 or nxt >= self.schedule.n_trials or nxt % p.trials_per_session != 0
                 or self.windows.open or not self.amp.can_skip or p.raw == "all" or p.spikes == "all"):
             return
+        if self._keeping():
+            return  # the last trial's raw or spike window is not all recorded yet
         target = self.schedule.trial_sample(nxt) - self.lead_in
         if target <= self.clock:
             return
         self.amp.skip_to(target)
         self.stats.skipped_samples += target - self.clock
-        self.clock = target
+        self.clock = self.spikes_until = target
         self._clock_origin = None
         if self.make_signal_path is not None:
             self.signal = self.make_signal_path()  # a new recording segment; it settles during the lead-in
 
+    def _keeping(self) -> bool:
+        """Whether a trial's raw or spike window (kept on disk) extends beyond what has been recorded."""
+        return (any(end > self.clock for _, end in self.keep_ranges["raw"])
+                or any(end > self.spikes_until for _, end in self.keep_ranges["spikes"]))
+
     def _schedule_ahead(self) -> None:
-        horizon = self.clock + self.lookahead
+        horizon = self.clock + max(self.lookahead, 2 * self.chunk_hint)
         p = self.protocol
         while self.next_to_schedule < self.schedule.n_trials:
             if self.schedule.trial_sample(self.next_to_schedule) >= horizon:
@@ -271,19 +284,22 @@ class BssRunner:
         if chunk.first_sample != self.clock:
             raise RigctlError(f"amplifier skipped from sample {self.clock} to {chunk.first_sample}")
         # raw data first: it must reach disk before anything else may fail
-        if chunk.samples.shape[1]:
+        kept = self._kept("raw", chunk.first_sample, chunk.end_sample)  # prunes the passed ranges in any case
+        if chunk.samples.shape[1]:  # an events rig has no raw data
             if p.raw == "all":
                 self.store.append_raw(chunk.first_sample, chunk.samples)
             elif p.raw == "trials":
-                for a, b in self._kept("raw", chunk.first_sample, chunk.end_sample):
+                for a, b in kept:
                     self.store.append_raw(a, chunk.samples[a - chunk.first_sample:b - chunk.first_sample])
         self.clock = chunk.end_sample
+        self.chunk_hint = max(self.chunk_hint, chunk.n_samples)
         self.stim.on_chunk(chunk.end_sample)
         if chunk.spikes is not None:
             spikes, processed_until = chunk.spikes, chunk.end_sample
         else:
             spikes = self.signal.process(chunk)
             processed_until = self.signal.processed_until
+        self.spikes_until = processed_until
         if len(spikes):
             if p.spikes == "all":
                 self.store.append_spikes(spikes)
@@ -295,6 +311,7 @@ class BssRunner:
             for rule in self.reactions:
                 for command in rule(spikes, chunk.end_sample):
                     self._deliver(command)
+        self.keep_ranges["spikes"] = [r for r in self.keep_ranges["spikes"] if r[1] > processed_until]
         for t in self.windows.complete(processed_until):
             self._finish_trial(t, progress)
         self.stats.chunks += 1

@@ -58,6 +58,21 @@ def test_store_holds_what_it_claims(small_protocol, tmp_path):
     assert (out / "checkpoint.pkl").exists()
 
 
+def test_stored_data_do_not_depend_on_chunk_size(small_protocol, tmp_path):
+    """Chunks longer than the look-ahead still get their pulses in time, and the rest skip and the run's end
+    wait until the last trial's spike window [-20, 60] ms is on disk (it outlasts the response window)."""
+    runs = [run(small_protocol, tmp_path / f"c{c}", chunk_ms=c) for c in (10.0, 50.0, 300.0)]
+    for reader in (read_trials, read_spikes, read_stims):
+        ref = reader(runs[0]).tobytes()
+        assert all(reader(r).tobytes() == ref for r in runs[1:]), reader.__name__
+    trials, spikes = read_trials(runs[1]), read_spikes(runs[1])
+    sched = BssSchedule(load_protocol(runs[1] / "protocol.yaml"), 1, 25000.0)
+    for t in trials[trials["trial"] == 20]:  # the last trial of each session
+        tail = (spikes["sample"] >= t["sample"] + sched.ms_to_samples(50)) & (
+            spikes["sample"] < t["sample"] + sched.ms_to_samples(60))
+        assert tail.any(), f"session {t['session']}: nothing stored 50-60 ms after its last trial"
+
+
 def test_same_seed_same_trials_other_seed_other_schedule(small_protocol, tmp_path):
     a = read_trials(run(small_protocol, tmp_path / "a", seed=4))
     b = read_trials(run(small_protocol, tmp_path / "b", seed=4))
