@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
 from rigctl.layout import ElectrodeLayout
 from rigctl.types import SpikeEvents
@@ -52,16 +53,9 @@ class ElectrodeProjection:
         if len(spike_sample) == 0:
             return SpikeEvents.empty()
         ptr, elec, amps = table
-        lo = ptr[spike_neuron]
-        cnt = ptr[spike_neuron + 1] - lo
-        total = int(cnt.sum())
-        rep = np.repeat(np.arange(len(spike_neuron)), cnt)
-        idx = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
-        sample = np.asarray(spike_sample, np.int64)[rep]
-        channel = elec[idx]
-        amp = amps[idx]
-        order = np.lexsort((channel, sample))
-        return SpikeEvents(sample[order], channel[order], amp[order])
+        # one compiled call: the events rig calls this for every chunk, mostly with a few spikes
+        return SpikeEvents(*_expand_sorted(ptr, elec, amps, np.asarray(spike_sample, np.int64),
+                                           np.asarray(spike_neuron, np.int64)))
 
     def electrode_events(self, spike_sample: np.ndarray, spike_neuron: np.ndarray) -> SpikeEvents:
         """Every (spike, electrode) pair above the floor, sorted by sample (then electrode)."""
@@ -82,3 +76,25 @@ class ElectrodeProjection:
     def detectable_neurons_per_electrode(self, threshold_sd: float = DETECTION_THRESHOLD_SD) -> np.ndarray:
         """How many neurons each electrode can detect (for documentation and tests)."""
         return (-self.amplitude_uV >= threshold_sd * self.noise_rms_uV).sum(axis=0)
+
+
+@njit(cache=True)
+def _expand_sorted(ptr, elec, amps, spike_sample, spike_neuron):
+    """Each spike's (electrode, amplitude) pairs from the CSR table, ordered by (sample, electrode); ties
+    keep their order (a stable sort, as np.lexsort)."""
+    total = 0
+    for i in range(len(spike_neuron)):
+        total += ptr[spike_neuron[i] + 1] - ptr[spike_neuron[i]]
+    sample = np.empty(total, np.int64)
+    channel = np.empty(total, np.int32)
+    amp = np.empty(total, np.float32)
+    k = 0
+    for i in range(len(spike_neuron)):
+        for j in range(ptr[spike_neuron[i]], ptr[spike_neuron[i] + 1]):
+            sample[k] = spike_sample[i]
+            channel[k] = elec[j]
+            amp[k] = amps[j]
+            k += 1
+    order = np.argsort(sample * (1 << 20) + channel, kind="mergesort")  # channels < 2^20; samples < 2^43
+    return sample[order], channel[order], amp[order]
+
