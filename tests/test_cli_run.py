@@ -5,22 +5,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from rigctl.store import load_run_meta, read_spikes, read_stims, read_trials
-
-RIGCTL = [sys.executable, "-m", "rigctl.cli"]
-
-
-def rigctl(*args, check=True):
-    proc = subprocess.run(RIGCTL + list(args), capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stderr)
-    return proc
+from runcli import RIGCTL, rigctl
 
 
 @pytest.fixture

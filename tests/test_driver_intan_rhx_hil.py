@@ -51,18 +51,24 @@ def drive(amplifier, stimulator, schedule: BssSchedule, lookahead: int) -> tuple
     return np.concatenate(raw)[:end], commands
 
 
+def _direct_and_via_rhx(direct_rig, schedule: BssSchedule, **open_kw):
+    """The schedule driven on `direct_rig`, then through rigs/rhx_sim.yaml (the RHX wire) opened with
+    `open_kw`. -> direct raw, direct commands, raw through the wire, the RHX emulator."""
+    direct_raw, commands = drive(direct_rig, direct_rig, schedule, 5000)
+    rig = open_rig(RIGS / "rhx_sim.yaml", **open_kw)
+    try:
+        raw, _ = drive(rig.amplifier, rig.stimulator, schedule, 5000)
+        return direct_raw, commands, raw, rig.emulators[0]
+    finally:
+        rig.close()
+
+
 def test_raw_samples_and_pulses_through_rhx_equal_the_direct_rig(tmp_path):
     """Independent of the signal path: every raw sample and every pulse is the same as without the wire."""
     protocol = load_protocol(protocol_uA(tmp_path)).with_overrides(sessions=1, trials_per_session=8)
     schedule = BssSchedule(protocol, 2, 25000.0)
-    direct_rig = fake_sim_rig(2, "voltage")
-    direct_raw, commands = drive(direct_rig, direct_rig, schedule, 5000)
-    rig = open_rig(RIGS / "rhx_sim.yaml", seed=2, backend_factory=fake_backend)
-    try:
-        raw, _ = drive(rig.amplifier, rig.stimulator, schedule, 5000)
-        emu = rig.emulators[0]
-    finally:
-        rig.close()
+    direct_raw, commands, raw, emu = _direct_and_via_rhx(fake_sim_rig(2, "voltage"), schedule, seed=2,
+                                                         backend_factory=fake_backend)
     assert np.array_equal(raw, direct_raw)
     assert emu.errors == []
     assert [(c.sample, c.electrodes, c.pulse) for c in emu.delivered] == \
@@ -93,14 +99,8 @@ def test_raw_samples_and_pulses_through_rhx_on_the_real_simulated_culture(tmp_pa
 
     protocol = load_protocol(protocol_uA(tmp_path)).with_overrides(sessions=1, trials_per_session=5)
     schedule = BssSchedule(protocol, 4, 25000.0)
-    direct_rig = SimRig(sample_rate_hz=25000.0, seed=4, mode="voltage")
-    direct_raw, commands = drive(direct_rig, direct_rig, schedule, 5000)
-    rig = open_rig(RIGS / "rhx_sim.yaml", seed=4)
-    try:
-        raw, _ = drive(rig.amplifier, rig.stimulator, schedule, 5000)
-        emu = rig.emulators[0]
-    finally:
-        rig.close()
+    direct_raw, commands, raw, emu = _direct_and_via_rhx(SimRig(sample_rate_hz=25000.0, seed=4, mode="voltage"),
+                                                         schedule, seed=4)
     assert np.array_equal(raw, direct_raw)
     assert emu.errors == [] and len(emu.delivered) == len(commands) > 0
     assert [c.sample for c in emu.delivered] == [c.sample for c in commands]

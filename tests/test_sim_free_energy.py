@@ -7,21 +7,19 @@ first 20 sessions are those of a 100-session run (checked: identical). Measured 
 drops 525-669 from session 1 to sessions 16-20, APV 17-32."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+from runcli import rigctl
 
 SESSIONS = 20
 
 
 def _online_fit(tmp_path, *extra: str) -> dict:
     out = tmp_path / ("run" + "".join(extra).replace("-", "_"))
-    proc = subprocess.run([sys.executable, "-m", "rigctl.cli", "run", "isomura2023_bss", "--rig", "sim-events",
-                           "--sessions", str(SESSIONS), "--seed", "0", "--out", str(out), "--no-progress", *extra],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    rigctl("run", "isomura2023_bss", "--rig", "sim-events", "--sessions", str(SESSIONS), "--seed", "0",
+           "--out", str(out), "--no-progress", *extra)
     fit = json.loads((out / "summary.json").read_text())["model"]["free_energy_fit"]["online"]
     assert "error" not in fit, fit["error"]  # both ensembles found in sessions 1-10, drug or not
     assert fit["ensembles"]["g1"] and fit["ensembles"]["g2"]
