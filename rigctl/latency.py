@@ -214,7 +214,7 @@ def measure_latency(rig: str, channels: int, rate_hz: float, chunk_ms: float, se
     with tempfile.TemporaryDirectory() as tmp:
         meta = {"protocol": protocol.name, "seed": seed, "rig": rig_label,
                 "shapes": {"n_sources": 2, "n_stimuli": protocol.n_stimuli, "n_electrodes": amp.n_channels}}
-        store = SessionStore(Path(tmp) / "run", meta, create=True)
+        store = SessionStore.create(Path(tmp) / "run", meta, {})
         def voltage_signal_path():
             return SignalPath(amp.n_channels, amp.sample_rate_hz, amp.uV_per_bit, SignalConfig())
         make_signal = None if getattr(amp_inner, "mode", "voltage") == "events" else voltage_signal_path

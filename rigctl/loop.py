@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -109,6 +109,7 @@ class BssRunner:
         self.keep_ranges: dict[str, list[tuple[int, int]]] = {"raw": [], "spikes": []}
         self.stats = LoopStats()
         self._session_counts: list[np.ndarray] = []
+        self._checkpoint_due = False  # a trial asked for a checkpoint; taken at the end of its chunk
 
     # ---- state for checkpoints ----------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -121,7 +122,7 @@ class BssRunner:
             "signal": None if self.signal is None else self.signal.get_state(),
             "models": {m.name: m.get_state() for m in self.models},
             "rig": None if self.rig_state is None else self.rig_state.get_state(),
-            "stats": self.stats,
+            "stats": asdict(self.stats),
             "session_counts": [c.copy() for c in self._session_counts],
         }
 
@@ -144,7 +145,7 @@ class BssRunner:
                 m.set_state(state["models"][m.name])
         if self.rig_state is not None and state["rig"] is not None:
             self.rig_state.set_state(state["rig"])
-        self.stats = state["stats"]
+        self.stats = LoopStats(**state["stats"])
         self._session_counts = [c.copy() for c in state["session_counts"]]
 
     def continue_from(self, trials: list) -> None:
@@ -192,6 +193,10 @@ class BssRunner:
                 self._schedule_ahead()
                 chunk = self.amp.read()
                 self._process(chunk, progress)
+                if self.next_to_schedule >= total and not self.windows.open and self.n_done < total:
+                    # every trial was scheduled and none is open, yet some are not done: reading on would never end
+                    raise RigctlError(f"{total - self.n_done} trial(s) of {total} were scheduled but never "
+                                      "stored (an inconsistent checkpoint?); the run cannot complete")
                 if watchdog is not None:
                     watchdog.kick()
         except BaseException as exc:
@@ -318,6 +323,11 @@ class BssRunner:
         self.stats.samples += chunk.n_samples
         if self.config.realtime:
             self._check_lag(chunk)
+        if self._checkpoint_due:
+            # only here, with every trial this chunk finished stored: a checkpoint taken between two trials
+            # that finished in one chunk would hold a cut in which the second has left the open set unstored
+            self._checkpoint_due = False
+            self.checkpoint()
         self.store.flush()
 
     def _check_lag(self, chunk: Chunk) -> None:
@@ -349,7 +359,7 @@ class BssRunner:
         if session_end:
             self._end_session(record.session, progress)
         if session_end or self.n_done % p.checkpoint_every_trials == 0:
-            self.checkpoint()
+            self._checkpoint_due = True
 
     def _end_session(self, session: int, progress: Progress) -> None:
         counts = np.array(self._session_counts)

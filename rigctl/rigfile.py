@@ -9,12 +9,13 @@ line, field, value and what is allowed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from rigctl.errors import RigctlError
-from rigctl.safety import SafetyLimits
+from rigctl.safety import SafetyConfigError, SafetyLimits
 from rigctl.yamlcheck import LocatedDoc, load_located
 
 EMULATE = "emulate"
@@ -40,7 +41,9 @@ class Ctx:
     emulators: list | None = None  # emulators started for `emulate` addresses (exposed as rig.emulators)
 
     def fail(self, field: str, value: Any, allowed: str) -> RigFileError:
-        return RigFileError(f"{self.doc.where(field)}: {field}={value!r}; allowed: {allowed}")
+        text = repr(value)
+        text = text if len(text) <= 80 else text[:79] + "…"
+        return RigFileError(f"{self.doc.where(field)}: {field}={text}; allowed: {allowed}")
 
     def get(self, section: dict, prefix: str, name: str, kind, default=None, required: bool = False,
             allowed: str = ""):
@@ -51,9 +54,15 @@ class Ctx:
             return default
         value = section[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            value = float(value) if abs(value) < 2**53 else math.inf
         if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
             raise self.fail(field, value, allowed or f"a {getattr(kind, '__name__', kind)}")
+        if kind is float and not math.isfinite(value):
+            raise self.fail(field, value, f"a finite number ({allowed})" if allowed else "a finite number")
+        if name == "timeout_s" and not 0 < value <= 60:
+            raise self.fail(field, value, "seconds > 0 and <= 60")
+        if name.endswith("_port") and not 0 <= value <= 65535:
+            raise self.fail(field, value, "a TCP port 0-65535")
         return value
 
     def culture(self, sample_rate_hz: float, mode: str):
@@ -338,8 +347,9 @@ def open_rig(path: str | Path, *, seed: int, drug: str = "none", realtime: bool 
         safety.setdefault("n_electrodes", amp.n_channels)
         try:
             limits = SafetyLimits.from_dict(safety)
-        except (TypeError, ValueError) as exc:
-            raise RigFileError(f"{doc.where('safety')}: safety: {exc}") from exc
+        except (TypeError, ValueError, SafetyConfigError) as exc:
+            field = next((k for k in safety if f"safety.{k}" in str(exc)), None)
+            raise RigFileError(f"{doc.where('safety.' + field if field else 'safety')}: {exc}") from exc
     except BaseException:
         for close in closers:
             try:

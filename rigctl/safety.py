@@ -1,26 +1,94 @@
 """Safety limits, checked in the core for every driver: a command is accepted whole or rejected whole.
 
 `GuardedStimulator` is the only way the loop reaches a Stimulator; on any fault it leaves the
-device in its safe state. `Watchdog` stops stimulation when the loop stalls (wall-clock runs only).
+device in its safe state. `check_plan` checks a whole precomputed plan (amplitude, charge, rate,
+electrodes, and what the device can deliver) before the first pulse is sent. `Watchdog` stops
+stimulation when the loop stalls (wall-clock runs only).
+
+Every number is checked to be finite first: a comparison with NaN is never "within limits"
+(each check is written `not (value <= limit)`, which NaN fails).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable
 
-import numpy as np
-
 from rigctl.drivers.base import Stimulator
-from rigctl.errors import SafetyViolation
+from rigctl.errors import RigctlError, SafetyViolation
 from rigctl.types import BiphasicPulse, StimCommand
+
+
+class SafetyConfigError(RigctlError):
+    """A safety limit is not a finite number within its hard range (rig file or code)."""
+
+
+@dataclass(frozen=True)
+class HardRange:
+    """The range a limit must lie in, whatever a rig file says, and where the bound comes from."""
+
+    low: float
+    high: float
+    source: str
+    low_inclusive: bool = True
+
+    def allows(self, value: float) -> bool:
+        above_low = value >= self.low if self.low_inclusive else value > self.low
+        return bool(above_low and value <= self.high)
+
+    def describe(self) -> str:
+        return f"{'>=' if self.low_inclusive else '>'} {self.low:g} and <= {self.high:g}"
+
+
+# Hard ranges per limit (docs/safety.md). A rig file narrows a limit within its range, never widens it.
+HARD_RANGES: dict[str, HardRange] = {
+    "max_amplitude_uA": HardRange(
+        0.0, 100.0, "Intan RHS reaches 2.55 mA per channel; 100 uA x 200 us (20 nC) is the most any shipped "
+                    "protocol shape may reach before the charge ceiling binds"),
+    "max_amplitude_mV": HardRange(
+        0.0, 2000.0, "twice the reference protocol's 1 V; MCS MEA manual: voltage-driven stimulation charges TiN "
+                     "electrodes positively and a higher voltage risks electrolysis"),
+    "max_charge_per_phase_nC": HardRange(
+        0.0, 20.0, "MCS MEA manual: safe charge injection of TiN 23 mC/cm^2 (163 nC on a 30 um electrode), "
+                   "Pt 0.4 mC/cm^2 (2.8 nC): 20 nC keeps TiN 8x below its limit; Pt rigs must narrow it"),
+    "charge_balance_tolerance": HardRange(
+        0.0, 0.10, "net DC charge drives electrolysis (MCS MEA manual); 10 % residual at most"),
+    "min_phase_us": HardRange(1.0, 1000.0, "below one sample period no device delivers a phase"),
+    "max_phase_us": HardRange(1.0, 1000.0, "longer phases raise charge per phase beyond what MEA "
+                                           "stimulation uses (0.1-0.5 ms)"),
+    "max_rate_hz": HardRange(0.0, 200.0, "Cortical Labs CL API: 200 Hz per electrode", low_inclusive=False),
+    "max_electrodes_per_command": HardRange(1.0, 4096.0, "largest stimulation array rigctl addresses"),
+    "n_electrodes": HardRange(1.0, 65536.0, "largest electrode count rigctl addresses (MaxOne: 26,400)"),
+}
+INTEGER_LIMITS = ("max_electrodes_per_command", "n_electrodes")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    """Per-rig limits. Defaults are conservative values for planar MEAs; a rig file narrows them."""
+    """Per-rig limits. Defaults are conservative values for planar MEAs; a rig file narrows them.
+
+    Construction validates every limit against `HARD_RANGES`, so no rig file and no caller can make
+    a limit NaN, infinite, zero where it divides, or wider than its ceiling.
+    """
 
     max_amplitude_uA: float = 50.0
     max_amplitude_mV: float = 1500.0
@@ -33,15 +101,42 @@ class SafetyLimits:
     allowed_electrodes: frozenset[int] | None = None
     n_electrodes: int = 64
 
+    def __post_init__(self) -> None:
+        for name, hard in HARD_RANGES.items():
+            value = getattr(self, name)
+            if not _finite(value) or not hard.allows(value):
+                raise SafetyConfigError(f"safety.{name}={_short(value)}; allowed: a finite number {hard.describe()} "
+                                        f"(hard range: {hard.source})")
+            if name in INTEGER_LIMITS and not isinstance(value, int):
+                raise SafetyConfigError(f"safety.{name}={_short(value)}; allowed: an integer {hard.describe()}")
+        if not self.min_phase_us <= self.max_phase_us:
+            raise SafetyConfigError(f"safety.min_phase_us={self.min_phase_us} exceeds safety.max_phase_us="
+                                    f"{self.max_phase_us}; allowed: min_phase_us <= max_phase_us")
+        if self.allowed_electrodes is not None:
+            bad = [e for e in self.allowed_electrodes
+                   if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e < self.n_electrodes]
+            if bad:
+                raise SafetyConfigError(f"safety.allowed_electrodes has {_short(bad)}; allowed: integers "
+                                        f"0..{self.n_electrodes - 1}")
+
     @staticmethod
     def from_dict(values: dict) -> "SafetyLimits":
-        known = {f for f in SafetyLimits.__dataclass_fields__}
-        unknown = set(values) - known
+        """From a rig file's `safety:` mapping; raises SafetyConfigError naming the field."""
+        known = {f.name for f in fields(SafetyLimits)}
+        unknown = sorted(str(k) for k in set(values) - known)
         if unknown:
-            raise ValueError(f"unknown safety limit(s) {sorted(unknown)}; allowed: {sorted(known)}")
+            raise SafetyConfigError(f"unknown safety limit(s) {unknown}; allowed: {sorted(known)}")
         values = dict(values)
-        if values.get("allowed_electrodes") is not None:
-            values["allowed_electrodes"] = frozenset(int(e) for e in values["allowed_electrodes"])
+        allowed = values.get("allowed_electrodes")
+        if allowed is not None:
+            if not isinstance(allowed, (list, tuple)) or not all(
+                    isinstance(e, int) and not isinstance(e, bool) for e in allowed):
+                raise SafetyConfigError(f"safety.allowed_electrodes={_short(allowed)}; allowed: a list of "
+                                        "electrode indices (integers)")
+            values["allowed_electrodes"] = frozenset(allowed)
+        for name, value in values.items():
+            if name != "allowed_electrodes" and not _is_number(value):
+                raise SafetyConfigError(f"safety.{name}={_short(value)}; allowed: a number")
         return SafetyLimits(**values)
 
     def to_dict(self) -> dict:
@@ -51,28 +146,46 @@ class SafetyLimits:
         return d
 
     def check_pulse(self, pulse: BiphasicPulse) -> None:
-        """Raise SafetyViolation if the pulse shape itself breaks a limit."""
+        """Raise SafetyViolation if the pulse shape itself breaks a limit (or is not finite)."""
+        if pulse.unit not in ("uA", "mV"):
+            raise SafetyViolation(f"pulse unit {_short(pulse.unit)}; allowed: uA, mV")
+        for name in ("phase1_amplitude", "phase1_us", "phase2_amplitude", "phase2_us", "interphase_us"):
+            if not _finite(getattr(pulse, name)):
+                raise SafetyViolation(f"pulse {name}={_short(getattr(pulse, name))}; allowed: a finite number")
         for name, us in (("phase1_us", pulse.phase1_us), ("phase2_us", pulse.phase2_us)):
             if not (self.min_phase_us <= us <= self.max_phase_us):
-                raise SafetyViolation(f"{name}={us} outside [{self.min_phase_us}, {self.max_phase_us}] µs")
-        if pulse.interphase_us < 0:
-            raise SafetyViolation(f"interphase_us={pulse.interphase_us} must be >= 0")
-        if np.sign(pulse.phase1_amplitude) == np.sign(pulse.phase2_amplitude) and pulse.phase1_amplitude != 0:
-            raise SafetyViolation("phases must have opposite polarity (biphasic)")
-        limit = self.max_amplitude_uA if pulse.unit == "uA" else self.max_amplitude_mV
-        if pulse.peak_amplitude > limit:
-            raise SafetyViolation(f"amplitude {pulse.peak_amplitude} {pulse.unit} exceeds the limit {limit} {pulse.unit}")
-        q1 = pulse.phase1_amplitude * pulse.phase1_us
-        q2 = pulse.phase2_amplitude * pulse.phase2_us
+                raise SafetyViolation(f"pulse {name}={us} outside safety.min_phase_us..max_phase_us "
+                                      f"[{self.min_phase_us}, {self.max_phase_us}] µs")
+        if not pulse.interphase_us >= 0:
+            raise SafetyViolation(f"pulse interphase_us={pulse.interphase_us} must be >= 0")
+        a1, a2 = pulse.phase1_amplitude, pulse.phase2_amplitude
+        if not ((a1 < 0 < a2) or (a2 < 0 < a1) or (a1 == 0 and a2 == 0)):
+            raise SafetyViolation("pulse phases must have opposite polarity (biphasic)")
+        name = "max_amplitude_uA" if pulse.unit == "uA" else "max_amplitude_mV"
+        limit = getattr(self, name)
+        if not pulse.peak_amplitude <= limit:
+            raise SafetyViolation(f"pulse amplitude {pulse.peak_amplitude} {pulse.unit} exceeds the limit "
+                                  f"safety.{name} = {limit} {pulse.unit}")
+        q1 = a1 * pulse.phase1_us
+        q2 = a2 * pulse.phase2_us
         biggest = max(abs(q1), abs(q2))
-        if biggest > 0 and abs(q1 + q2) / biggest > self.charge_balance_tolerance:
-            raise SafetyViolation(
-                f"charge imbalance {abs(q1 + q2) / biggest:.3f} exceeds tolerance {self.charge_balance_tolerance}")
+        if biggest > 0 and not abs(q1 + q2) / biggest <= self.charge_balance_tolerance:
+            raise SafetyViolation(f"pulse charge imbalance {abs(q1 + q2) / biggest:.3f} exceeds "
+                                  f"safety.charge_balance_tolerance = {self.charge_balance_tolerance}")
         if pulse.unit == "uA":
             worst = max(abs(q) for q in pulse.phase_charges_nC())
-            if worst > self.max_charge_per_phase_nC:
-                raise SafetyViolation(
-                    f"charge per phase {worst:.3f} nC exceeds the limit {self.max_charge_per_phase_nC} nC")
+            if not worst <= self.max_charge_per_phase_nC:
+                raise SafetyViolation(f"pulse charge per phase {worst:.3f} nC exceeds the limit "
+                                      f"safety.max_charge_per_phase_nC = {self.max_charge_per_phase_nC} nC")
+
+    def min_interval_samples(self, sample_rate_hz: float) -> int:
+        """The fewest samples allowed between two pulses on one electrode (rounded up: never faster)."""
+        return int(math.ceil(sample_rate_hz / self.max_rate_hz - 1e-9))
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 @dataclass
@@ -96,35 +209,58 @@ class GuardedStimulator(Stimulator):
     def __init__(self, inner: Stimulator, limits: SafetyLimits, sample_rate_hz: float):
         self.inner = inner
         self.limits = limits
+        if not _finite(sample_rate_hz) or not sample_rate_hz > 0:
+            raise SafetyConfigError(f"sample rate {_short(sample_rate_hz)}; allowed: a finite number > 0")
         self.sample_rate_hz = sample_rate_hz
+        self.min_interval = limits.min_interval_samples(sample_rate_hz)
         self.rates = RateTracker()
         self.rejected = 0
         self.delivered = 0
 
-    def check(self, command: StimCommand) -> None:
+    def check(self, command: StimCommand, rates: "RateTracker | None" = None) -> None:
         """Raise SafetyViolation (nothing sent) if any part of the command breaks a limit."""
         lim = self.limits
         electrodes = command.electrodes
+        if not _is_integer(command.sample) or command.sample < 0:
+            raise SafetyViolation(f"command sample {_short(command.sample)}; allowed: an integer >= 0")
         if len(electrodes) == 0:
             raise SafetyViolation("command names no electrode")
+        if not all(_is_integer(e) for e in electrodes):
+            raise SafetyViolation(f"command electrodes {_short(electrodes)}; allowed: integers")
         if len(set(electrodes)) != len(electrodes):
-            raise SafetyViolation(f"command repeats an electrode: {electrodes}")
+            raise SafetyViolation(f"command repeats an electrode: {_short(electrodes)}")
         if len(electrodes) > lim.max_electrodes_per_command:
-            raise SafetyViolation(
-                f"{len(electrodes)} electrodes in one command exceeds {lim.max_electrodes_per_command}")
+            raise SafetyViolation(f"{len(electrodes)} electrodes in one command exceeds "
+                                  f"safety.max_electrodes_per_command = {lim.max_electrodes_per_command}")
         bad = [e for e in electrodes if not (0 <= e < lim.n_electrodes)]
         if bad:
-            raise SafetyViolation(f"electrode(s) {bad} outside 0..{lim.n_electrodes - 1}")
+            raise SafetyViolation(f"electrode(s) {_short(bad)} outside 0..{lim.n_electrodes - 1}")
         if lim.allowed_electrodes is not None:
             bad = [e for e in electrodes if e not in lim.allowed_electrodes]
             if bad:
-                raise SafetyViolation(f"electrode(s) {bad} are not in the rig's allowed stimulation electrodes")
+                raise SafetyViolation(f"electrode(s) {_short(bad)} are not in the rig's "
+                                      "safety.allowed_electrodes")
         lim.check_pulse(command.pulse)
-        min_interval = int(round(self.sample_rate_hz / lim.max_rate_hz))
-        too_fast = self.rates.violations(electrodes, command.sample, min_interval)
+        too_fast = (rates or self.rates).violations(electrodes, command.sample, self.min_interval)
         if too_fast:
-            raise SafetyViolation(
-                f"electrode(s) {too_fast} would be pulsed faster than {lim.max_rate_hz} Hz")
+            raise SafetyViolation(f"electrode(s) {_short(too_fast)} would be pulsed faster than "
+                                  f"safety.max_rate_hz = {lim.max_rate_hz} Hz (at sample {command.sample})")
+
+    def check_plan(self, commands: Iterable[StimCommand]) -> int:
+        """Check a whole plan before anything is sent: every limit, the rate across the plan (from this
+        guard's own history), and whether the device can deliver each command. Returns the count."""
+        rates = RateTracker(dict(self.rates.last_sample))
+        deliverable = getattr(self.inner, "check_deliverable", None)
+        n = 0
+        for n, command in enumerate(commands, start=1):
+            try:
+                self.check(command, rates)
+                if deliverable is not None:
+                    deliverable(command)
+            except RigctlError as exc:
+                raise SafetyViolation(f"command {n} of the plan (sample {command.sample}): {exc}") from exc
+            rates.record(command.electrodes, command.sample)
+        return n
 
     def schedule(self, command: StimCommand) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import re
 import signal
 import sys
 from dataclasses import asdict, dataclass
@@ -13,13 +14,13 @@ from typing import Any
 import numpy as np
 
 import rigctl
-from rigctl.errors import RigctlError, StoreError
+from rigctl.errors import RigctlError, SafetyViolation, StoreError
 from rigctl.loop import BssRunner, LoopConfig, LoopStats
 from rigctl.online import SelectivityTracker
 from rigctl.protocol import BssProtocol, BssSchedule, load_protocol
 from rigctl.rigs import Rig, open_rig
 from rigctl.safety import GuardedStimulator
-from rigctl.store import SessionStore, load_run_meta, read_trials
+from rigctl.store import SessionStore, check_new_run_dir, load_run_meta, read_trials
 from rigctl.types import TrialRecord
 
 
@@ -40,7 +41,14 @@ class RunOptions:
     progress: bool = True
 
 
+RUN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
 def default_out_dir(protocol: BssProtocol, seed: int) -> Path:
+    """runs/<name>-seed<N>-<time>; the name must be an identifier, so the directory stays under runs/."""
+    if not RUN_NAME.fullmatch(protocol.name) or ".." in protocol.name:
+        raise RigctlError(f"{protocol.source_file}: field 'name' has value {protocol.name[:80]!r}; allowed: an "
+                          "identifier (a letter, then up to 63 letters, digits, '_', '.', '-'; no '..')")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{protocol.name}-seed{seed}-{stamp}"
 
@@ -82,18 +90,33 @@ def _check_protocol_fits_rig(protocol: BssProtocol, rig: Rig) -> None:
         if bad:
             raise RigctlError(f"{protocol.source_file}: stim_groups name electrode(s) {bad} that the rig's "
                               "safety limits do not allow to stimulate")
-    # every command must pass the safety limits: check the pulse before any stimulation
-    rig.limits.check_pulse(protocol.pulse)
 
 
-def _make_runner(protocol: BssProtocol, seed: int, rig: Rig, store: SessionStore, options: RunOptions,
-                 publisher=None) -> BssRunner:
-    schedule = BssSchedule(protocol, seed, rig.amplifier.sample_rate_hz)
-    guarded = GuardedStimulator(rig.stimulator, rig.limits, rig.amplifier.sample_rate_hz)
+def _check_plan(protocol: BssProtocol, schedule: BssSchedule, guarded: GuardedStimulator, rig: Rig,
+                first_trial: int = 0) -> None:
+    """Every command the run will send, checked against every safety limit and the device before the first
+    is sent; a violation names the protocol file, the trial and the rig's limit."""
+    commands = (c for c in (schedule.trial(i).command for i in range(first_trial, schedule.n_trials)) if c is not None)
+    try:
+        guarded.limits.check_pulse(protocol.pulse)
+        guarded.check_plan(commands)
+    except SafetyViolation as exc:
+        rig_name = rig.description.get("path") or rig.description.get("kind", "the rig")
+        raise SafetyViolation(f"{protocol.source_file}: field 'pulse'/'stim_groups'/'isi_s': {exc} "
+                              f"(limits of {rig_name})") from exc
+
+
+def _make_runner(protocol: BssProtocol, schedule: BssSchedule, guarded: GuardedStimulator, rig: Rig,
+                 store: SessionStore, options: RunOptions, publisher=None) -> BssRunner:
     make_signal = _signal_factory(rig)[0]
     config = LoopConfig(realtime=options.realtime, progress=options.progress)
     return BssRunner(protocol, schedule, rig.amplifier, guarded, store, _models(protocol, rig.amplifier.n_channels),
                      make_signal, config, publisher=publisher, rig_state=rig.state)
+
+
+def _guard(protocol: BssProtocol, seed: int, rig: Rig) -> tuple[BssSchedule, GuardedStimulator]:
+    schedule = BssSchedule(protocol, seed, rig.amplifier.sample_rate_hz)
+    return schedule, GuardedStimulator(rig.stimulator, rig.limits, rig.amplifier.sample_rate_hz)
 
 
 def _sigterm_as_interrupt() -> None:
@@ -116,15 +139,18 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
     if options.drug is not None:
         overrides["drug"] = options.drug
     seed = protocol.seed if options.seed is None else options.seed
-    if seed < 0:
-        raise RigctlError(f"--seed {seed}: allowed: 0 or more")
+    if not 0 <= seed < 2**63:
+        raise RigctlError(f"--seed {seed}: allowed: 0 to 2**63 - 1")
     overrides["seed"] = seed
     protocol = protocol.with_overrides(**overrides)
+    out = Path(out) if out is not None else default_out_dir(protocol, seed)
+    check_new_run_dir(out)
     rig = rig_factory(options.rig, seed=seed, drug=protocol.drug, realtime=options.realtime,
                       chunk_ms=options.chunk_ms)
     try:
         _check_protocol_fits_rig(protocol, rig)
-        out = Path(out) if out is not None else default_out_dir(protocol, seed)
+        schedule, guarded = _guard(protocol, seed, rig)
+        _check_plan(protocol, schedule, guarded, rig)
         signal_config = _signal_factory(rig)[1]
         meta = {
             "rigctl_version": rigctl.__version__,
@@ -146,10 +172,9 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
             "platform": {"python": platform.python_version(), "numpy": np.__version__},
             "status": "running",
         }
-        store = SessionStore(out, meta, create=True)
-        store.write_text("protocol.yaml", protocol.to_yaml())
+        store = SessionStore.create(out, meta, {"protocol.yaml": protocol.to_yaml()})
         store.append_event("run_start", seed=seed)
-        runner = _make_runner(protocol, seed, rig, store, options, publisher)
+        runner = _make_runner(protocol, schedule, guarded, rig, store, options, publisher)
         _execute(runner, store)
     finally:
         rig.close()
@@ -157,10 +182,17 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
 
 
 def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=open_rig) -> Path:
+    """Continue a stored run. A run whose loop completed but whose report is missing (killed while
+    reporting) returns at once, so the caller writes the report."""
     run_dir = Path(run_dir)
     meta = load_run_meta(run_dir)
     if meta.get("status") == "complete":
-        raise StoreError(f"{run_dir}: the run is already complete; nothing to resume")
+        if not (run_dir / "summary.json").exists():
+            return run_dir
+        raise StoreError(f"{run_dir}: the run is already complete and reported; nothing to resume")
+    if not (run_dir / "protocol.yaml").is_file():
+        raise StoreError(f"{run_dir}: not a complete run directory (no protocol.yaml); it cannot be resumed, "
+                         "start the run again")
     protocol = load_protocol(run_dir / "protocol.yaml")
     seed = int(meta["seed"])
     options = RunOptions(rig=meta["rig"], seed=seed, realtime=options.realtime or meta.get("realtime", False),
@@ -169,17 +201,19 @@ def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=o
                       chunk_ms=options.chunk_ms)
     try:
         store = SessionStore.open_existing(run_dir)
-        runner = _make_runner(protocol, seed, rig, store, options, publisher)
+        schedule, guarded = _guard(protocol, seed, rig)
+        runner = _make_runner(protocol, schedule, guarded, rig, store, options, publisher)
         checkpoint = store.read_checkpoint()
         if rig.state is not None:
             if checkpoint is not None:
                 store.truncate_to(checkpoint["lengths"])
                 runner.set_state(checkpoint["state"])
-            else:
+            else:  # killed before the first checkpoint: a fresh start of the same run
                 store.truncate_to({})
         else:
             store.drop_torn_records()
             runner.continue_from(stored_trial_records(run_dir))
+        _check_plan(protocol, schedule, guarded, rig, first_trial=runner.next_to_schedule)
         store.append_event("resume", trials_done=runner.n_done)
         store.update_meta(status="running")
         _execute(runner, store)
@@ -198,6 +232,7 @@ def _execute(runner: BssRunner, store: SessionStore) -> LoopStats:
         store.close()
         raise
     store.append_event("run_end", trials_done=runner.n_done)
+    store.sync()  # run_end is on disk before the status says complete
     store.update_meta(status="complete", trials_done=runner.n_done,
                       loop_stats={k: v for k, v in asdict(stats).items()})
     store.close()

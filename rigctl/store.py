@@ -9,7 +9,8 @@ Layout (see docs/store.md):
   raw.bin, raw_index.bin   kept raw int16 samples (interleaved) and their (first_sample, n, offset) index
   events.jsonl        session starts/ends, overruns, faults, resumes (one JSON object per line)
   model_sessions.jsonl     per-session outputs of the online models (predictions, free energy, ...)
-  checkpoint.pkl      latest checkpoint: loop/rig/model state and the byte length of every file above
+  checkpoint.npz      latest checkpoint: loop/rig/model state and the byte length of every file above
+                      (plain data and arrays, never pickle: rigctl.checkpoint)
 Records are flushed to the OS after every chunk; a SIGKILL loses at most the records of the chunk in flight,
 and `resume` truncates every file back to the checkpoint's lengths before continuing.
 """
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rigctl.checkpoint import read_checkpoint_file, write_checkpoint_file
 from rigctl.errors import StoreError
 from rigctl.types import SpikeEvents, StimCommand, TrialRecord
 
@@ -66,26 +68,43 @@ class RunInfo:
 
 
 class SessionStore:
-    """Append-only writer for one run directory."""
+    """Append-only writer for one run directory (open an existing one, or `create` a new one)."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], *, create: bool):
+    def __init__(self, path: Path, meta: dict[str, Any]):
         self.path = Path(path)
-        if create:
-            if self.path.exists() and any(self.path.iterdir()):
-                raise StoreError(f"{self.path} already exists and is not empty; choose another --out "
-                                 f"or resume it with `rigctl run --resume {self.path}`")
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._write_json("run.json", meta)
         self.meta = meta
         self.info = RunInfo(self.path, meta)
         self._files = {name: open(self.path / name, "ab") for name in APPEND_FILES}
         self._raw_offset = (self.path / "raw.bin").stat().st_size
 
+    @staticmethod
+    def create(path: Path, meta: dict[str, Any], texts: dict[str, str]) -> "SessionStore":
+        """Create the run directory atomically: run.json and `texts` are written under a temporary name
+        beside it, which is renamed to `path` only when complete, so a kill leaves either no run
+        directory or a whole one."""
+        path = Path(path)
+        check_new_run_dir(path)
+        tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            for name, text in {"run.json": json.dumps(meta, indent=2) + "\n", **texts}.items():
+                (tmp / name).write_text(text)
+            for name in APPEND_FILES:
+                (tmp / name).touch()
+            _fsync_dir(tmp)
+            os.rename(tmp, path)  # onto a missing or empty directory only
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"{path}: cannot create the run directory ({exc.strerror or exc})") from exc
+        return SessionStore(path, meta)
+
     # ---- opening -------------------------------------------------------------------------------
     @staticmethod
     def open_existing(path: Path) -> "SessionStore":
-        meta = load_run_meta(path)
-        return SessionStore(path, meta, create=False)
+        return SessionStore(path, load_run_meta(path))
 
     def _write_json(self, name: str, obj: Any) -> None:
         tmp = self.path / (name + ".tmp")
@@ -156,23 +175,20 @@ class SessionStore:
         return {name: f.tell() for name, f in self._files.items()}
 
     def write_checkpoint(self, state: dict[str, Any]) -> None:
-        """Flush and fsync every file, then atomically replace checkpoint.pkl."""
+        """Flush and fsync every file, then atomically replace the checkpoint (rigctl.checkpoint)."""
         lengths = self.file_lengths()
         for f in self._files.values():
             os.fsync(f.fileno())
-        tmp = self.path / "checkpoint.pkl.tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump({"lengths": lengths, "state": state}, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / "checkpoint.pkl")
+        write_checkpoint_file(self.path, {"lengths": lengths, "state": state})
 
     def read_checkpoint(self) -> dict[str, Any] | None:
-        path = self.path / "checkpoint.pkl"
-        if not path.exists():
-            return None
-        with open(path, "rb") as f:
-            return pickle.load(f)
+        return read_checkpoint_file(self.path)
+
+    def sync(self) -> None:
+        """Flush and fsync every file: what was appended is on disk before a status change says so."""
+        self.flush()
+        for f in self._files.values():
+            os.fsync(f.fileno())
 
     def truncate_to(self, lengths: dict[str, int]) -> None:
         """Cut every append file back to `lengths` (files missing from it are emptied)."""
@@ -207,6 +223,35 @@ class SessionStore:
                 f.close()
             except ValueError:
                 pass
+
+
+def check_new_run_dir(path: Path) -> None:
+    """Raise StoreError unless `path` can become a new run directory (missing, or an empty directory,
+    under an existing writable parent)."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise StoreError(f"--out {path}: exists and is not a directory; choose a new run directory")
+    if path.is_dir() and any(path.iterdir()):
+        raise StoreError(f"{path} already exists and is not empty; choose another --out "
+                         f"or resume it with `rigctl run --resume {path}`")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        if parent.exists():
+            raise StoreError(f"--out {path}: {parent} is not a directory")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"--out {path}: cannot create {parent} ({exc.strerror or exc})") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"--out {path}: {parent} is not writable")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _json_default(obj: Any) -> Any:

@@ -3,7 +3,7 @@ checkpoints, and the electrode projection."""
 
 from __future__ import annotations
 
-import pickle
+from roundtrip import through_checkpoint
 
 import numpy as np
 import pytest
@@ -130,7 +130,7 @@ def test_state_round_trip_resumes_exactly():
     a = Culture(LAYOUT, FS, 9)
     pulses = {int(0.1 * FS): LEFT, int(0.3 * FS) + 5: RIGHT, int(0.61 * FS): LEFT}
     head = _run(a, int(0.31 * FS), pulses, [FS // 50])  # stops inside the second pulse's window
-    state = pickle.loads(pickle.dumps(a.get_state()))
+    state = through_checkpoint(a.get_state())
     tail_a = _run(a, FS, pulses, [FS // 50])
     b = Culture(LAYOUT, FS, 9)
     b.set_state(state)

@@ -55,7 +55,7 @@ def test_store_holds_what_it_claims(small_protocol, tmp_path):
     assert trials["counts"][on].sum(axis=1).mean() > 3 * trials["counts"][~on].sum(axis=1).mean()
     events = [e["event"] for e in read_jsonl(out / "events.jsonl")]
     assert events.count("session_end") == 3 and events[-1] == "run_end"
-    assert (out / "checkpoint.pkl").exists()
+    assert (out / "checkpoint.npz").exists()
 
 
 def test_stored_data_do_not_depend_on_chunk_size(small_protocol, tmp_path):
@@ -136,7 +136,9 @@ def test_resume_after_sigkill_gives_the_uninterrupted_trials(small_protocol, tmp
 
 def test_resume_refuses_a_complete_run(small_protocol, tmp_path):
     from rigctl.errors import StoreError
+    from rigctl.report import write_report
     out = run(small_protocol, tmp_path / "r")
+    write_report(out)
     with pytest.raises(StoreError, match="already complete"):
         resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
 
@@ -187,7 +189,7 @@ def _realtime_runner(small_protocol, tmp_path, reactions):
     rig = fake_rig_factory("sim-events", seed=0, realtime=True, chunk_ms=20.0)
     meta = {"protocol": protocol.name, "seed": 0, "rig": "fake",
             "shapes": {"n_sources": 2, "n_stimuli": 32, "n_electrodes": 64}}
-    store = SessionStore(tmp_path / "rt", meta, create=True)
+    store = SessionStore.create(tmp_path / "rt", meta, {})
     publisher = Collector()
     runner = BssRunner(protocol, BssSchedule(protocol, 0, 25000.0), rig.amplifier,
                        GuardedStimulator(rig.stimulator, rig.limits, 25000.0), store, [], None,

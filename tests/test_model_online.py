@@ -2,7 +2,7 @@
 resumable, JSON-able, and on the released mix0 cultures within 25 % of published mode's error."""
 
 import json
-import pickle
+from roundtrip import through_checkpoint
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +99,7 @@ def test_state_round_trip_mid_session_resumes_identically():
             m.begin_session(int(label), tr.o[idx])
         for n, t in enumerate(idx, 1):
             if t == stop:
-                state = pickle.loads(pickle.dumps(m.get_state()))
+                state = through_checkpoint(m.get_state())
                 m = OnlineFreeEnergy(32, N_INIT, lam=300.0)
                 m.set_state(state)
             m.update(TrialRecord(int(label), n, int(t), tr.s[t], tr.o[t], tr.r[t].astype(np.int32)))

@@ -74,6 +74,14 @@ def test_rigs_open_rig_dispatches_yaml_paths_here(tmp_path, monkeypatch):
     (GOOD.replace("port: emulate", "port: emulate\n  baud: 9600"), "unknown field stimulator.baud; allowed: driver, port"),
     (GOOD.replace("max_amplitude_mV: 1200", "max_voltage: 3"), "unknown safety limit(s) ['max_voltage']"),
     ("amplifier: {driver: sim}\n", "section 'stimulator' is required"),
+    (GOOD.replace("max_amplitude_mV: 1200", "max_amplitude_mV: .nan"), "rig.yaml:7: safety.max_amplitude_mV=nan"),
+    (GOOD.replace("max_amplitude_mV: 1200", "max_amplitude_mV: 9000"), "safety.max_amplitude_mV=9000"),
+    (GOOD.replace("max_amplitude_mV: 1200", "max_charge_per_phase_nC: .nan"), "safety.max_charge_per_phase_nC=nan"),
+    (GOOD.replace("max_amplitude_mV: 1200", "max_rate_hz: 0"), "safety.max_rate_hz=0"),
+    (GOOD.replace("max_amplitude_mV: 1200", "max_rate_hz: .inf"), "safety.max_rate_hz=inf"),
+    (GOOD.replace("port: emulate", "port: emulate\n  timeout_s: .nan"), "stimulator.timeout_s=nan; allowed: a finite"),
+    (GOOD.replace("port: emulate", "port: emulate\n  mV_per_volt: .inf"), "stimulator.mV_per_volt=inf"),
+    (GOOD.replace("port: emulate", "port: emulate\n  timeout_s: 0"), "stimulator.timeout_s=0.0; allowed: seconds > 0"),
     ("amplifier: [\n", "not valid YAML"),
 ])
 def test_errors_name_file_field_value_and_allowed(tmp_path, text, expected):

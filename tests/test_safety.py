@@ -4,7 +4,7 @@ import pytest
 
 from rigctl.drivers.base import Stimulator
 from rigctl.errors import DeviceError, SafetyViolation
-from rigctl.safety import GuardedStimulator, SafetyLimits, Watchdog
+from rigctl.safety import GuardedStimulator, SafetyConfigError, SafetyLimits, Watchdog
 from rigctl.types import BiphasicPulse, StimCommand
 
 
@@ -33,7 +33,7 @@ def guard(**limits):
 
 
 @pytest.mark.parametrize("command, message", [
-    (StimCommand(0, (1,), BiphasicPulse.symmetric(60.0, 100.0)), "exceeds the limit 50.0 uA"),
+    (StimCommand(0, (1,), BiphasicPulse.symmetric(60.0, 100.0)), "exceeds the limit safety.max_amplitude_uA = 50.0 uA"),
     (StimCommand(0, (1,), BiphasicPulse.symmetric(40.0, 400.0)), "charge per phase"),
     (StimCommand(0, (1,), BiphasicPulse(-10.0, 200.0, 10.0, 100.0)), "charge imbalance"),
     (StimCommand(0, (1,), BiphasicPulse(-10.0, 200.0, -10.0, 200.0)), "opposite polarity"),
@@ -55,7 +55,7 @@ def test_allowed_electrodes_and_rate_limit_reject_the_whole_command():
     with pytest.raises(SafetyViolation, match=r"\[5\]"):
         g.schedule(StimCommand(0, (1, 5), OK))
     g.schedule(StimCommand(0, (1, 2), OK))
-    with pytest.raises(SafetyViolation, match="faster than 10.0 Hz"):
+    with pytest.raises(SafetyViolation, match="faster than safety.max_rate_hz = 10.0 Hz"):
         g.schedule(StimCommand(2499, (2,), OK))  # 0.09996 s later: too soon
     g.schedule(StimCommand(2500, (1, 2), OK))  # exactly 0.1 s later: allowed
     assert [c.electrodes for c in inner.sent] == [(1, 2), (1, 2)]
@@ -103,3 +103,81 @@ def test_guard_forwards_the_clock_and_goes_safe_when_the_driver_fails_there():
     with pytest.raises(DeviceError):
         g.on_chunk(300)
     assert inner.safe == 1
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("pulse", [
+    BiphasicPulse(NAN, 200.0, NAN, 200.0),
+    BiphasicPulse(-200.0, NAN, 200.0, NAN),
+    BiphasicPulse(-10.0, 200.0, 10.0, 200.0, interphase_us=NAN),
+    BiphasicPulse(-INF, 200.0, INF, 200.0),
+    BiphasicPulse(-10.0, 200.0, 10.0, 200.0, unit="A"),
+    BiphasicPulse(0.0, 200.0, 10.0, 200.0),  # monophasic
+])
+def test_non_finite_or_malformed_pulses_never_pass(pulse):
+    inner, g = guard()
+    with pytest.raises(SafetyViolation):
+        g.schedule(StimCommand(0, (1,), pulse))
+    assert inner.sent == []
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_amplitude_uA", NAN), ("max_charge_per_phase_nC", NAN), ("max_amplitude_mV", INF),
+    ("max_rate_hz", NAN), ("max_rate_hz", 0.0), ("max_rate_hz", -1.0), ("charge_balance_tolerance", NAN),
+    ("max_phase_us", NAN), ("min_phase_us", -INF), ("n_electrodes", 0),
+    # ceilings a rig file cannot exceed
+    ("max_amplitude_mV", 9000.0), ("max_amplitude_uA", 200.0), ("max_charge_per_phase_nC", 200.0),
+    ("max_rate_hz", 1000.0), ("max_phase_us", 5000.0), ("charge_balance_tolerance", 0.5),
+    ("max_electrodes_per_command", 10**6),
+])
+def test_limits_must_be_finite_and_within_their_hard_range(field, value):
+    with pytest.raises(SafetyConfigError, match=f"safety.{field}"):
+        SafetyLimits(**{field: value})
+    with pytest.raises(SafetyConfigError, match=f"safety.{field}"):
+        SafetyLimits.from_dict({field: value})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"max_amplitude_uA": "20"}, "a number"), ({"max_rate_hz": True}, "a number"),
+    ({"allowed_electrodes": [1, "x"]}, "allowed_electrodes"), ({"allowed_electrodes": [70]}, "0..63"),
+    ({"min_phase_us": 500.0, "max_phase_us": 100.0}, "min_phase_us <= max_phase_us"),
+    ({"bogus": 1}, "unknown safety limit"),
+])
+def test_bad_limit_types_are_refused(values, message):
+    with pytest.raises(SafetyConfigError, match=message):
+        SafetyLimits.from_dict(values)
+
+
+def test_the_nan_rig_of_the_report_cannot_deliver_its_200_nC_pulse():
+    """The reproduced case: a rig with NaN limits let a 200 uA x 1,000 us pulse through."""
+    with pytest.raises(SafetyConfigError):
+        SafetyLimits.from_dict({"max_amplitude_uA": NAN, "max_charge_per_phase_nC": NAN})
+    inner, g = guard(max_amplitude_uA=100.0, max_charge_per_phase_nC=10.0)
+    with pytest.raises(SafetyViolation, match="charge per phase 20.000 nC"):
+        g.schedule(StimCommand(0, (1,), BiphasicPulse.symmetric(20.0, 1000.0)))
+    assert inner.sent == []
+
+
+def test_the_whole_plan_is_checked_before_the_first_pulse():
+    """A plan that breaks the rate limit later must be refused before anything is sent."""
+    inner, g = guard(max_rate_hz=10.0)
+    plan = [StimCommand(0, (1,), OK), StimCommand(5000, (1,), OK), StimCommand(6000, (1,), OK)]
+    with pytest.raises(SafetyViolation, match=r"command 3 of the plan \(sample 6000\).*faster"):
+        g.check_plan(plan)
+    assert inner.sent == [] and g.rates.last_sample == {}
+    assert g.check_plan(plan[:2]) == 2
+
+
+def test_the_plan_check_asks_the_device_what_it_can_deliver():
+    class CurrentOnly(Recorder):
+        def check_deliverable(self, command):
+            if command.pulse.unit != "uA":
+                raise DeviceError("this stimulator delivers current (uA) pulses only")
+
+    inner = CurrentOnly()
+    g = GuardedStimulator(inner, SafetyLimits(), 25000.0)
+    with pytest.raises(SafetyViolation, match="current"):
+        g.check_plan([StimCommand(0, (1,), BiphasicPulse.symmetric(500.0, 200.0, unit="mV"))])
+    assert inner.sent == []

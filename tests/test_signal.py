@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
+from roundtrip import through_checkpoint
 
 import numpy as np
 import pytest
@@ -26,7 +26,7 @@ def run(truth, chunk: int, config: SignalConfig = SignalConfig(), roundtrip_at: 
             path.expect_pulse(int(truth.pulse_sample[k]), truth.pulse_electrodes[k], cfg.pulse_duration_us)
             k += 1
         if roundtrip_at is not None and a >= roundtrip_at:
-            state = pickle.loads(pickle.dumps(path.get_state()))
+            state = through_checkpoint(path.get_state())
             path = SignalPath(cfg.n_channels, cfg.sample_rate_hz, cfg.uV_per_bit, config)
             path.set_state(state)
             roundtrip_at = None

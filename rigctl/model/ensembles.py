@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rigctl.checkpoint import checkpointable
 from rigctl.errors import ModelInputError
 from rigctl.model import normalise as nz
 from rigctl.model.data import make_trials
@@ -18,6 +19,7 @@ ELIGIBLE_MIN = 0.1
 DELTA_THRESHOLD = 0.5
 
 
+@checkpointable
 @dataclass(frozen=True, eq=False)
 class Ensembles:
     """G1, G2 as 0-based electrode indices (spec 2.2), with Δ(e) and eligibility for inspection."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rigctl.checkpoint import checkpointable
 from rigctl.errors import ModelInputError
 
 #: Epsilon inside ln(x), ln(1 - x) of the cost (spec 3.4.4, 4.1).
@@ -64,6 +65,7 @@ def cost(x: np.ndarray, o: np.ndarray, w1: np.ndarray, w0: np.ndarray, h1: np.nd
     return float(term1.sum() + term0.sum())
 
 
+@checkpointable
 @dataclass
 class Plasticity:
     """Closed-form Hebbian/homeostatic accumulators (spec 3.2 fixed point, 3.4.3):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rigctl.checkpoint import checkpointable
 from rigctl.errors import ModelInputError
 from rigctl.model.data import STATE_LABELS
 
@@ -39,6 +40,7 @@ def state_session_means(values: np.ndarray, sess: np.ndarray, state: np.ndarray,
     return means.reshape(n_sessions, 4, -1), n.reshape(n_sessions, 4)
 
 
+@checkpointable
 @dataclass(frozen=True, eq=False)
 class NormStats:
     """Everything spec 2.3 steps 2-5 need, so the same numbers can be applied to new steps (online mode).

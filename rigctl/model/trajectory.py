@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rigctl.checkpoint import checkpointable
 from rigctl.errors import ModelInputError
 from rigctl.model import metrics
 from rigctl.model import network as nn
@@ -31,6 +32,7 @@ class Trajectory:
     weight_corr: float
 
 
+@checkpointable
 class Stepper:
     """Session-by-session state of spec 3.4.3-3.5 once φ is known: the empirical accumulators (λ) and the
     prediction accumulators (gλ). Used by the batch fit and by the per-trial online model alike.

@@ -1,0 +1,143 @@
+"""Checkpoint files that cannot execute code: a JSON tree plus numpy arrays in one `.npz` archive.
+
+A checkpoint holds the loop's, the rig's and the models' state. Pickle would run whatever code a
+crafted `checkpoint.pkl` names as soon as someone resumes a run directory they were sent, so the
+state is encoded as plain data instead: JSON for the tree (dicts with any scalar keys, lists,
+tuples, numbers, strings) and arrays stored by numpy with `allow_pickle=False` (object arrays are
+refused both ways). The archive is written under a temporary name and renamed, so a kill leaves
+the previous checkpoint whole.
+
+Format version 2 (version 1 was the pickle file `checkpoint.pkl`, which is no longer read).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rigctl.errors import StoreError
+
+FORMAT_VERSION = 2
+FILE_NAME = "checkpoint.npz"
+LEGACY_FILE_NAME = "checkpoint.pkl"
+MAX_ARCHIVE_BYTES = 8 * 2**30  # a checkpoint of a large culture is ~100 MB; refuse absurd files unread
+_TREE_KEY = "__tree__"
+_REGISTRY: dict[str, type] = {}
+
+
+def checkpointable(cls: type) -> type:
+    """Class decorator: instances are stored as their attributes and rebuilt without calling
+    `__init__`. Only registered classes are ever rebuilt, so a file cannot name one of its own."""
+    _REGISTRY[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def encode(self, obj: Any, where: str = "state") -> Any:
+        if obj is None or isinstance(obj, (bool, str)):
+            return obj
+        if isinstance(obj, int):
+            return obj
+        if isinstance(obj, float):
+            return obj if math.isfinite(obj) else {"__f": repr(obj)}
+        if isinstance(obj, (np.ndarray, np.generic)):
+            array = np.asarray(obj)
+            if array.dtype.hasobject:
+                raise StoreError(f"cannot checkpoint {where}: an object array")
+            name = f"a{len(self.arrays)}"
+            self.arrays[name] = array
+            return {"__a": name, "scalar": isinstance(obj, np.generic)}
+        if isinstance(obj, tuple):
+            return {"__t": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
+        if isinstance(obj, list):
+            return [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        if isinstance(obj, dict):
+            return {"__d": [[self.encode(k, f"{where} key"), self.encode(v, f"{where}[{k!r}]")]
+                            for k, v in obj.items()]}
+        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        if _REGISTRY.get(name) is type(obj):
+            return {"__o": name, "attrs": self.encode(dict(vars(obj)), f"{where}.{type(obj).__name__}")}
+        raise StoreError(f"cannot checkpoint {where}: a {type(obj).__name__} is not plain data "
+                         "(register its class with rigctl.checkpoint.checkpointable)")
+
+
+def _decode(node: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(node, list):
+        return [_decode(v, arrays) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if "__a" in node:
+        array = arrays[node["__a"]]
+        return array[()] if node.get("scalar") else array
+    if "__t" in node:
+        return tuple(_decode(v, arrays) for v in node["__t"])
+    if "__d" in node:
+        return {_hashable(_decode(k, arrays)): _decode(v, arrays) for k, v in node["__d"]}
+    if "__f" in node:
+        return float(node["__f"])
+    if "__o" in node:
+        cls = _REGISTRY.get(node["__o"])
+        if cls is None:
+            raise ValueError(f"class {str(node['__o'])[:80]} is not checkpointable")
+        obj = cls.__new__(cls)
+        vars(obj).update(_decode(node["attrs"], arrays))
+        return obj
+    raise ValueError(f"unknown node {sorted(node)[:3]}")
+
+
+def _hashable(key: Any) -> Any:
+    return key.item() if isinstance(key, np.generic) else key
+
+
+def write_checkpoint_file(directory: Path, payload: dict[str, Any]) -> Path:
+    """Atomically replace `directory/checkpoint.npz` with `payload` (plain data and arrays)."""
+    encoder = _Encoder()
+    tree = {"format_version": FORMAT_VERSION, "payload": encoder.encode(payload)}
+    text = json.dumps(tree, separators=(",", ":"), allow_nan=False).encode()
+    arrays = dict(encoder.arrays)
+    arrays[_TREE_KEY] = np.frombuffer(text, dtype=np.uint8)
+    path = Path(directory) / FILE_NAME
+    tmp = path.with_name(FILE_NAME + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint_file(directory: Path) -> dict[str, Any] | None:
+    """The payload of `directory/checkpoint.npz`, or None when there is none; StoreError if unreadable."""
+    directory = Path(directory)
+    path = directory / FILE_NAME
+    if not path.exists():
+        if (directory / LEGACY_FILE_NAME).exists():
+            raise StoreError(f"{directory / LEGACY_FILE_NAME}: a checkpoint in the old pickle format, which "
+                             "could run code when loaded; this rigctl does not read it. The run predates "
+                             "checkpoint format 2: start it again")
+        return None
+    if not path.is_file() or path.stat().st_size > MAX_ARCHIVE_BYTES:
+        raise StoreError(f"{path}: not a regular checkpoint file of at most {MAX_ARCHIVE_BYTES} bytes")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        tree = json.loads(bytes(arrays.pop(_TREE_KEY)).decode())
+        if tree.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{path}: checkpoint format {tree.get('format_version')!r}; this rigctl reads "
+                             f"format {FORMAT_VERSION}")
+        return _decode(tree["payload"], arrays)
+    except StoreError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, zipfile.BadZipFile, io.UnsupportedOperation,
+            UnicodeDecodeError, EOFError) as exc:
+        raise StoreError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from exc

@@ -1,0 +1,207 @@
+"""Resume and the store under kills at exact points: consistent checkpoints for any chunk size, an
+atomic run directory, checkpoints that cannot run code, and a report phase that resume completes.
+
+A kill is `os._exit` inside a child process at a chosen chunk: like SIGKILL it flushes nothing, and
+unlike a timed signal it lands at the same point every run.
+"""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fakes import fake_rig_factory
+from rigctl.errors import StoreError
+from rigctl.session import RunOptions, resume_run, start_run
+from rigctl.store import load_run_meta, read_jsonl, read_spikes, read_stims, read_trials
+
+TESTS = Path(__file__).parent
+
+KILL_AT_CHUNK = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from fakes import fake_rig_factory
+from rigctl.session import RunOptions, {entry}
+
+def factory(spec, **kw):
+    rig = fake_rig_factory(spec, **kw)
+    amp, read, count = rig.amplifier, rig.amplifier.read, [0]
+    def dying_read():
+        count[0] += 1
+        if count[0] == {kill_chunk}:
+            os._exit(137)  # as SIGKILL: no flush, no handler
+        return read()
+    amp.read = dying_read
+    return rig
+
+{call}
+"""
+
+
+def _child(entry: str, call: str, kill_chunk: int) -> int:
+    code = KILL_AT_CHUNK.format(tests=str(TESTS), entry=entry, call=call, kill_chunk=kill_chunk)
+    return subprocess.run([sys.executable, "-c", code], timeout=300).returncode
+
+
+def start_killed(protocol: Path, out: Path, chunk_ms: float, kill_chunk: int) -> int:
+    call = (f"start_run({str(protocol)!r}, RunOptions(seed=2, progress=False, chunk_ms={chunk_ms}), "
+            f"{str(out)!r}, rig_factory=factory)")
+    return _child("start_run", call, kill_chunk)
+
+
+def resume_killed(out: Path, kill_chunk: int) -> int:
+    call = f"resume_run({str(out)!r}, RunOptions(progress=False), rig_factory=factory)"
+    return _child("resume_run", call, kill_chunk)
+
+
+def reference(protocol: Path, out: Path, chunk_ms: float) -> Path:
+    return start_run(str(protocol), RunOptions(seed=2, progress=False, chunk_ms=chunk_ms), out,
+                     rig_factory=fake_rig_factory)
+
+
+def assert_same_run(out: Path, ref: Path) -> None:
+    for reader in (read_trials, read_spikes, read_stims):
+        assert reader(out).tobytes() == reader(ref).tobytes(), reader.__name__
+    trials = read_trials(out)
+    assert len(trials) == 60 and len({(int(s), int(t)) for s, t in zip(trials["session"], trials["trial"])}) == 60
+
+
+# chunk sizes from 1 ms to 5 s (the small protocol's trials are 0.2 s apart, so 0.5-5 s chunks hold several
+# trials each and a checkpoint falls between trials that finish in one chunk)
+@pytest.mark.parametrize("chunk_ms, kill_chunks", [
+    (1.0, (4000, 3000)), (50.0, (90, 60)), (500.0, (8, 6)), (2500.0, (3, 2)), (5000.0, (2, 2)),
+])
+def test_a_kill_at_any_chunk_size_loses_and_duplicates_no_trial(small_protocol, tmp_path, chunk_ms, kill_chunks):
+    ref = reference(small_protocol, tmp_path / "ref", chunk_ms)
+    out = tmp_path / "killed"
+    assert start_killed(small_protocol, out, chunk_ms, kill_chunks[0]) == 137
+    for kill_chunk in kill_chunks[1:]:  # the resume itself is killed too
+        assert resume_killed(out, kill_chunk) == 137
+    assert load_run_meta(out)["status"] == "running"
+    resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
+    assert load_run_meta(out)["status"] == "complete"
+    assert_same_run(out, ref)
+
+
+def test_a_run_killed_before_its_first_trial_resumes_as_a_fresh_start(small_protocol, tmp_path):
+    ref = reference(small_protocol, tmp_path / "ref", 50.0)
+    out = tmp_path / "early"
+    assert start_killed(small_protocol, out, 50.0, 1) == 137
+    assert len(read_trials(out)) == 0
+    resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
+    assert_same_run(out, ref)
+
+
+def test_the_run_directory_appears_whole_or_not_at_all(small_protocol, tmp_path, monkeypatch):
+    import rigctl.store as store
+
+    out = tmp_path / "r"
+
+    def killed_rename(src, dst):  # the process dies after every file is written, before the rename
+        raise OSError(5, "killed")
+
+    monkeypatch.setattr(store.os, "rename", killed_rename)
+    with pytest.raises(StoreError, match="cannot create the run directory"):
+        reference(small_protocol, out, 50.0)
+    assert not out.exists() and list(tmp_path.iterdir()) == [small_protocol]
+    monkeypatch.undo()
+    reference(small_protocol, out, 50.0)  # the same --out is free to use
+    assert {"run.json", "protocol.yaml", "trials.bin", "events.jsonl"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_directory_without_its_protocol_is_named_as_incomplete(small_protocol, tmp_path):
+    out = reference(small_protocol, tmp_path / "r", 50.0)
+    (out / "protocol.yaml").unlink()
+    meta = load_run_meta(out)
+    meta["status"] = "running"
+    (out / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="not a complete run directory"):
+        resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
+
+
+def test_run_end_is_on_disk_before_the_status_says_complete(small_protocol, tmp_path, monkeypatch):
+    from rigctl.store import SessionStore
+
+    seen = []
+    original = SessionStore.update_meta
+
+    def update_meta(self, **fields):
+        if fields.get("status") == "complete":  # read what a reader would find after a kill right here
+            seen.append([e["event"] for e in read_jsonl(self.path / "events.jsonl")])
+        original(self, **fields)
+
+    monkeypatch.setattr(SessionStore, "update_meta", update_meta)
+    reference(small_protocol, tmp_path / "r", 50.0)
+    assert seen and seen[0][-1] == "run_end"
+
+
+MARKER_CODE = "__import__('pathlib').Path({marker!r}).write_text('ran')"
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (eval, (MARKER_CODE.format(marker=self.marker),))
+
+
+def _interrupted_run(protocol: Path, out: Path) -> Path:
+    assert start_killed(protocol, out, 50.0, 150) == 137
+    return out
+
+
+def test_a_pickle_checkpoint_is_never_loaded(small_protocol, tmp_path):
+    out = _interrupted_run(small_protocol, tmp_path / "r")
+    marker = tmp_path / "marker"
+    (out / "checkpoint.npz").unlink()
+    (out / "checkpoint.pkl").write_bytes(pickle.dumps(Evil(str(marker))))
+    with pytest.raises(StoreError, match="old pickle format"):
+        resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
+    assert not marker.exists()
+
+
+def test_a_crafted_checkpoint_cannot_run_code_or_name_a_class(small_protocol, tmp_path):
+    out = _interrupted_run(small_protocol, tmp_path / "r")
+    marker = tmp_path / "marker"
+    with open(out / "checkpoint.npz", "wb") as f:  # an object array: numpy would unpickle it
+        np.save(f, np.array([Evil(str(marker))], dtype=object), allow_pickle=True)
+    with pytest.raises(StoreError, match="corrupt checkpoint"):
+        resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
+    tree = {"format_version": 2, "payload": {"__o": "subprocess.Popen", "attrs": {"__d": []}}}
+    np.savez(out / "checkpoint.npz", __tree__=np.frombuffer(json.dumps(tree).encode(), np.uint8))
+    with pytest.raises(StoreError, match="not checkpointable"):
+        resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
+    assert not marker.exists()
+
+
+def test_checkpoints_round_trip_every_kind_of_state(tmp_path):
+    from rigctl.checkpoint import read_checkpoint_file, write_checkpoint_file
+
+    state = {"ints": {3: 7, -1: 2**70}, "tuple": (1, (2.5, "x")), "nan": float("nan"), "none": None,
+             "array": np.arange(6, dtype=np.float32).reshape(2, 3), "scalar": np.int64(5), "flag": True,
+             ("a", 1): [np.uint8(3), []]}
+    back = read_checkpoint_file(write_checkpoint_file(tmp_path, state).parent)
+    assert back["ints"] == {3: 7, -1: 2**70} and back["tuple"] == (1, (2.5, "x")) and np.isnan(back["nan"])
+    assert back["array"].dtype == np.float32 and np.array_equal(back["array"], state["array"])
+    assert type(back["scalar"]) is np.int64 and back[("a", 1)][0].dtype == np.uint8 and back["flag"] is True
+    with pytest.raises(StoreError, match="not plain data"):
+        write_checkpoint_file(tmp_path, {"x": object()})
+
+
+def test_resume_writes_the_report_a_kill_during_reporting_left_missing(small_protocol, tmp_path):
+    from runcli import rigctl
+
+    out = tmp_path / "r"
+    rigctl("run", str(small_protocol), "--rig", "sim-events", "--out", str(out), "--no-progress", "--no-report")
+    assert load_run_meta(out)["status"] == "complete" and not (out / "summary.json").exists()
+    proc = rigctl("run", "--resume", str(out), "--no-progress")
+    assert json.loads((out / "summary.json").read_text())["trials"] == 60
+    again = rigctl("run", "--resume", str(out), "--no-progress", check=False)
+    assert again.returncode == 2 and "already complete and reported" in again.stderr
+    assert "Traceback" not in proc.stderr + again.stderr
