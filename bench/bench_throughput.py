@@ -6,8 +6,12 @@ band-pass + by-channel peak detection on the same data, single job, as a through
 one JSON line.
 
     python bench/bench_throughput.py                     # rigctl only (SpikeInterface if installed)
-    python -m venv --system-site-packages .venv-bench && .venv-bench/bin/pip install spikeinterface
+    python -m venv .venv-bench && .venv-bench/bin/pip install -e '.[bench]'
     .venv-bench/bin/python bench/bench_throughput.py     # side by side with SpikeInterface
+
+The `bench` extra of pyproject.toml pins the SpikeInterface release this comparison is written for (its
+`get_noise_levels(return_scaled=...)` and flat `detect_peaks` keyword arguments; 0.103 deprecated both and
+0.105 removed them). The SpikeInterface version that ran is printed and recorded in the JSON line.
 
 Targets (issue 4): rtf >= 100 at 64 x 25 kHz, >= 5 at 1024 x 20 kHz. Timings on a shared machine
 vary; each figure is the best of `--repeats` passes.
@@ -16,8 +20,10 @@ vary; each figure is the best of `--repeats` passes.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
+import re
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -30,14 +36,44 @@ from rigctl.signal.throughput import UV_PER_BIT, measure_throughput, rig_like_re
 CONFIGS = ((64, 25000.0), (1024, 20000.0))
 
 
+def pinned_spikeinterface() -> str | None:
+    """The SpikeInterface version the `bench` extra of the installed rigctl pins (None if unknown)."""
+    try:
+        requires = importlib.metadata.requires("rigctl") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for req in requires:
+        m = re.match(r"\s*spikeinterface\s*==\s*([^;\s]+)\s*;.*extra\s*==\s*[\"']bench[\"']", req)
+        if m:
+            return m.group(1)
+    return None
+
+
+def spikeinterface_version() -> str | None:
+    """The importable SpikeInterface's version, or None when it is not installed."""
+    try:
+        import spikeinterface
+    except ImportError:
+        return None
+    return str(spikeinterface.__version__)
+
+
 def spikeinterface_rtf(data: np.ndarray, rate_hz: float, repeats: int) -> dict | None:
-    """SpikeInterface band-pass (300-6000 Hz) + `detect_peaks(method="by_channel")`, 1 job, 1-s chunks."""
+    """SpikeInterface band-pass (300-6000 Hz) + `detect_peaks(method="by_channel")`, 1 job, 1-s chunks.
+    None when SpikeInterface is not installed; {"version", "error"} when its API is not the pinned one's."""
     try:
         import spikeinterface.core as sc
         from spikeinterface.preprocessing import bandpass_filter
         from spikeinterface.sortingcomponents.peak_detection import detect_peaks
     except ImportError:
         return None
+    try:
+        return _spikeinterface_rtf(sc, bandpass_filter, detect_peaks, data, rate_hz, repeats)
+    except TypeError as exc:  # a keyword the pinned release takes and this one does not
+        return {"version": spikeinterface_version(), "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _spikeinterface_rtf(sc, bandpass_filter, detect_peaks, data: np.ndarray, rate_hz: float, repeats: int) -> dict:
     rec = sc.NumpyRecording([data], sampling_frequency=rate_hz)
     rec.set_channel_gains(UV_PER_BIT)
     rec.set_channel_offsets(0.0)
@@ -56,9 +92,8 @@ def spikeinterface_rtf(data: np.ndarray, rate_hz: float, repeats: int) -> dict |
         detect_peaks(pre, **kwargs, **job)
         best_detect = min(best_detect, time.perf_counter() - t0)
         n_peaks = len(peaks)
-    import spikeinterface
     data_s = len(data) / rate_hz
-    return {"version": spikeinterface.__version__, "rtf": data_s / best_all, "rtf_detect_only": data_s / best_detect,
+    return {"version": spikeinterface_version(), "rtf": data_s / best_all, "rtf_detect_only": data_s / best_detect,
             "peaks": int(n_peaks)}
 
 
@@ -69,6 +104,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-spikeinterface", action="store_true")
     args = parser.parse_args()
+    si_version, si_pinned = spikeinterface_version(), pinned_spikeinterface()
+    if args.no_spikeinterface:
+        print("SpikeInterface: not compared (--no-spikeinterface)")
+    elif si_version is None:
+        print(f"SpikeInterface: not installed (pip install -e '.[bench]' installs {si_pinned or 'the pinned release'})")
+    else:
+        note = ("the pinned release" if si_version == si_pinned else
+                f"NOT the pinned {si_pinned}: figures may differ" if si_pinned else "no pinned release found")
+        print(f"SpikeInterface {si_version} ({note})")
     results = []
     for channels, rate_hz in CONFIGS:
         data = rig_like_recording(channels, rate_hz, args.seconds, seed=0)
@@ -82,7 +126,11 @@ def main() -> int:
                   f"p99 {r['chunk_p99_us']:9.1f} us   {r['spikes']} spikes")
         si = None if args.no_spikeinterface else spikeinterface_rtf(data, rate_hz, args.repeats)
         if si is None:
-            print("  SpikeInterface: not importable here (install it in a separate venv, see the docstring)")
+            if not args.no_spikeinterface:
+                print("  SpikeInterface: not importable here (install it in a separate venv, see the docstring)")
+        elif "error" in si:
+            print(f"  SpikeInterface {si['version']}: its API differs from the pinned {si_pinned} ({si['error']}); "
+                  "install the pinned release: pip install -e '.[bench]'")
         else:
             best = max(v["rtf"] for v in entry["rigctl"].values())
             print(f"  SpikeInterface {si['version']} band-pass + by_channel detect_peaks, 1 job, 1-s chunks: "
@@ -92,11 +140,14 @@ def main() -> int:
         entry["spikeinterface"] = si
         results.append(entry)
     summary = {"bench": "signal_throughput",
+               "spikeinterface_version": None if args.no_spikeinterface else si_version,
+               "spikeinterface_pinned": si_pinned,
                "rtf": {f"{e['channels']}x{e['rate_hz']:g}": {c: round(v["rtf"], 1) for c, v in e["rigctl"].items()}
                        for e in results},
                "targets": {"64x25000": 100, "1024x20000": 5},
                "spikeinterface_ratio": {f"{e['channels']}x{e['rate_hz']:g}": (round(e["spikeinterface"]["ratio"], 1)
-                                        if e["spikeinterface"] else None) for e in results},
+                                        if e["spikeinterface"] and "ratio" in e["spikeinterface"] else None)
+                                        for e in results},
                "details": results}
     print(json.dumps(summary))
     return 0

@@ -8,14 +8,49 @@ from typing import TextIO
 import numpy as np
 
 from rigctl.errors import StoreError
-from rigctl.store import read_trials
+from rigctl.store import RunInfo, load_run_meta, read_records
+
+SHAPE_FIELDS = ("n_sources", "n_stimuli", "n_electrodes")
+
+
+def load_run_info(run_dir: Path) -> RunInfo:
+    """A run directory's run.json, checked far enough to read its records: a missing path, a file, a
+    directory without run.json or a corrupt run.json is one StoreError line naming it."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise StoreError(f"{run_dir}: no such directory")
+    if not run_dir.is_dir():
+        raise StoreError(f"{run_dir}: is a file, not a run directory")
+    where = run_dir / "run.json"
+    try:
+        meta = load_run_meta(run_dir)
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"{where}: corrupt: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise StoreError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{where}: corrupt: expected a JSON object, got {type(meta).__name__}")
+    if "shapes" not in meta:
+        raise StoreError(f"{where}: corrupt: field 'shapes' is missing")
+    shapes = meta["shapes"]
+    if not isinstance(shapes, dict):
+        raise StoreError(f"{where}: corrupt: field 'shapes' has value {shapes!r}; allowed: an object with "
+                         f"{', '.join(SHAPE_FIELDS)}")
+    for name in SHAPE_FIELDS:
+        if name not in shapes:
+            raise StoreError(f"{where}: corrupt: field 'shapes.{name}' is missing")
+        value = shapes[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise StoreError(f"{where}: corrupt: field 'shapes.{name}' has value {value!r}; allowed: an integer >= 0")
+    return RunInfo(run_dir, meta)
 
 
 def load_run_trials(run_dir: Path) -> dict[str, np.ndarray]:
     """s uint8 [T,2], o uint8 [T,n_stimuli], r int32 [T,N], session int32 [T] (1-based), trial, sample."""
-    trials = read_trials(Path(run_dir))
+    info = load_run_info(run_dir)
+    trials = read_records(info.path / "trials.bin", info.trial_dtype)
     if len(trials) == 0:
-        raise StoreError(f"{run_dir}: the run holds no trials yet")
+        raise StoreError(f"{run_dir}: the run holds no trials yet (status: {info.meta.get('status', 'not recorded')})")
     return {"s": trials["sources"].astype(np.uint8), "o": trials["stimuli"].astype(np.uint8),
             "r": trials["counts"].astype(np.int32), "session": trials["session"].astype(np.int32),
             "trial": trials["trial"].astype(np.int32), "sample": trials["sample"].astype(np.int64)}

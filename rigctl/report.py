@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from rigctl.export import load_run_trials
-from rigctl.store import load_run_meta, read_jsonl
+from rigctl.errors import StoreError
+from rigctl.export import load_run_info, load_run_trials
+from rigctl.store import read_jsonl
+
+#: run.json's `status` once the run has done all its trials; anything else (running, interrupted, failed) is not.
+COMPLETE = "complete"
 
 
 def session_response_stats(t: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -63,17 +67,21 @@ def ensemble_analysis(t: dict[str, np.ndarray]) -> dict[str, Any] | None:
 
 
 def build_summary(run_dir: Path) -> dict[str, Any]:
+    """The report's content. `run_status` is run.json's status (complete, running, interrupted, failed, or
+    "not recorded"); a run that is not complete is summarised over the trials it has."""
     run_dir = Path(run_dir)
-    meta = load_run_meta(run_dir)
+    meta = load_run_info(run_dir).meta
     t = load_run_trials(run_dir)
+    n_sessions, per_session = _planned(run_dir)
     sessions = session_response_stats(t)
     events = read_jsonl(run_dir / "events.jsonl")
     model_rows = read_jsonl(run_dir / "model_sessions.jsonl")
     summary: dict[str, Any] = {
-        "protocol": meta["protocol"], "seed": meta["seed"], "rig": meta["rig"], "drug": meta.get("drug", "none"),
-        "status": meta.get("status"), "rigctl_version": meta.get("rigctl_version"),
-        "trials": int(len(t["session"])), "sessions_completed": sum(1 for s in sessions
-                                                                    if s["trials"] == _trials_per_session(run_dir)),
+        "protocol": meta.get("protocol"), "seed": meta.get("seed"), "rig": meta.get("rig"),
+        "drug": meta.get("drug", "none"), "run_status": str(meta.get("status") or "not recorded"),
+        "rigctl_version": meta.get("rigctl_version"),
+        "trials": int(len(t["session"])), "trials_planned": n_sessions * per_session,
+        "sessions_completed": sum(1 for s in sessions if s["trials"] == per_session), "sessions_planned": n_sessions,
         "overruns": sum(1 for e in events if e.get("event") == "overrun"),
         "mean_evoked_per_trial": round(float(np.mean([s["mean_evoked_per_trial"] for s in sessions])), 4),
         "selectivity_definition": "per electrode and source j: (mean count | s_j=1 - mean count | s_j=0) / (sum)",
@@ -99,9 +107,32 @@ def build_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _trials_per_session(run_dir: Path) -> int:
-    import yaml
-    return int(yaml.safe_load((Path(run_dir) / "protocol.yaml").read_text())["trials_per_session"])
+def _planned(run_dir: Path) -> tuple[int, int]:
+    """(sessions, trials per session) of the run's protocol copy, protocol.yaml; StoreError if unusable."""
+    from rigctl.yamlcheck import load_located
+
+    path = Path(run_dir) / "protocol.yaml"
+    if not path.exists():
+        raise StoreError(f"{path}: no such file (every run directory holds its protocol)")
+    data = load_located(path, error=StoreError).data
+    out = []
+    for name in ("sessions", "trials_per_session"):
+        if name not in data:
+            raise StoreError(f"{path}: field '{name}' is missing")
+        value = data[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise StoreError(f"{path}: field '{name}' has value {value!r}; allowed: an integer >= 1")
+        out.append(value)
+    return out[0], out[1]
+
+
+def incomplete_warning(summary: dict[str, Any], run_dir: Path) -> str | None:
+    """One line saying that the run is not complete and what the report covers; None for a complete run."""
+    if summary["run_status"] == COMPLETE:
+        return None
+    return (f"{run_dir}: the run is not complete (status: {summary['run_status']}); the report covers its "
+            f"{summary['trials']} of {summary['trials_planned']} planned trials ({summary['sessions_completed']} of "
+            f"{summary['sessions_planned']} sessions complete)")
 
 
 def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -114,6 +145,8 @@ def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     sessions = summary["sessions"]
     idx = [s["index"] for s in sessions]
     title = f"{summary['protocol']} seed {summary['seed']} ({summary['rig']}, drug {summary['drug']})"
+    if summary["run_status"] != COMPLETE:
+        title += f" [not complete: {summary['run_status']}, {summary['trials']} of {summary['trials_planned']} trials]"
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].plot(idx, [s["mean_evoked_per_trial"] for s in sessions], "k.-")
@@ -152,12 +185,20 @@ def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_report(run_dir: Path) -> Path:
+def write_report(run_dir: Path, warn: Callable[[str], None] | None = None) -> Path:
+    """Write RUN_DIR/summary.json and the plots; return the summary's path. `warn` gets one line if the
+    run is not complete (`incomplete_warning`)."""
     run_dir = Path(run_dir)
     summary = build_summary(run_dir)
-    summary["plots"] = [p.name for p in plot_summary(summary, run_dir)]
+    message = incomplete_warning(summary, run_dir)
+    if message and warn is not None:
+        warn(message)
     path = run_dir / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    tmp.replace(path)
+    try:
+        summary["plots"] = [p.name for p in plot_summary(summary, run_dir)]
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        raise StoreError(f"{run_dir}: cannot write the report ({exc.strerror or exc})") from exc
     return path

@@ -22,6 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from rigctl.commands._argtypes import channels, chunk_ms, finite_float_in, sample_rate_hz, seed
+
+#: seconds of data (or of reading) a benchmark may ask for: enough for one warm-up, at most ten minutes.
+BENCH_SECONDS = finite_float_in(0.1, 600.0)
+
 _ATTR = "_rigctl_bench_group"
 _current: list = [None]  # the `sub` of the parser being built (set by register below)
 
@@ -68,9 +73,10 @@ def register(sub) -> None:
     _current[0] = sub  # a new top-level parser (e.g. a second main() in one process) gets a new group
     p = add_bench_command(sub, "throughput", "throughput of the online signal path (filter, blanking, detection) "
                                         "on the simulated rig's signals, on one core")
-    p.add_argument("--channels", type=int, default=64)
-    p.add_argument("--rate-hz", type=float, default=25000.0)
-    p.add_argument("--seconds", type=float, default=5.0, help="seconds of data (default 5)")
-    p.add_argument("--chunk-ms", type=float, default=1.0, help="chunk length in ms (default 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels", type=channels, default=64, help="channels (1 to 4096; default 64)")
+    p.add_argument("--rate-hz", type=sample_rate_hz, default=25000.0, help="sample rate (1000 to 100000 Hz; "
+                                                                          "default 25000)")
+    p.add_argument("--seconds", type=BENCH_SECONDS, default=5.0, help="seconds of data (0.1 to 600; default 5)")
+    p.add_argument("--chunk-ms", type=chunk_ms, default=1.0, help="chunk length in ms (0.1 to 10000; default 1)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the synthetic recording (default 0)")
     p.set_defaults(func=_throughput)

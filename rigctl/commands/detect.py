@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rigctl.commands._argtypes import channels, chunk_ms, output_file, positive_float, sample_rate_hz
 from rigctl.errors import RigctlError
 
 
@@ -29,7 +30,10 @@ def _detect(args: argparse.Namespace) -> int:
     pulses = _read_pulses(Path(args.pulses)) if args.pulses else np.zeros((0, 2))
     next_pulse = 0
     chunk = max(1, int(round(args.chunk_ms * 1e-3 * args.rate_hz)))
-    out = open(args.out, "w") if args.out else sys.stdout
+    try:
+        out = open(args.out, "w") if args.out else sys.stdout
+    except OSError as exc:
+        raise RigctlError(f"--out {args.out}: cannot write ({exc.strerror or exc})") from None
     n_spikes = 0
     try:
         out.write("sample,channel\n")
@@ -62,28 +66,19 @@ def _read_pulses(path: Path) -> np.ndarray:
     return table[np.argsort(table[:, 0], kind="stable")]
 
 
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{value}: allowed: > 0")
-        return value
-    return parse
-
-
 def register(sub) -> None:
     p = sub.add_parser("detect", help="detect spikes in a raw interleaved int16 file (CSV sample,channel)",
                        description="Run rigctl's online signal path (band-pass, matched-filter detection), chunk "
                                    "by chunk, over a raw interleaved little-endian int16 file and write the "
                                    "detected spikes as CSV `sample,channel`.")
     p.add_argument("raw", metavar="RAW", help="raw file: int16, channels interleaved (frame = one sample of all)")
-    p.add_argument("--channels", type=_positive(int), required=True, help="number of channels")
-    p.add_argument("--rate-hz", type=_positive(float), required=True, help="sample rate in Hz")
-    p.add_argument("--uv-per-bit", type=_positive(float), required=True, help="scale of one count in uV")
-    p.add_argument("--chunk-ms", type=_positive(float), default=10.0, help="chunk length (default 10 ms)")
-    p.add_argument("--threshold-sd", type=_positive(float), default=5.0,
-                   help="threshold in SDs of the matched-filter output (default 5)")
+    p.add_argument("--channels", type=channels, required=True, help="number of channels (1 to 4096)")
+    p.add_argument("--rate-hz", type=sample_rate_hz, required=True, help="sample rate in Hz (1000 to 100000)")
+    p.add_argument("--uv-per-bit", type=positive_float, required=True, help="scale of one count in uV (> 0)")
+    p.add_argument("--chunk-ms", type=chunk_ms, default=10.0, help="chunk length (0.1 to 10000 ms; default 10)")
+    p.add_argument("--threshold-sd", type=positive_float, default=5.0,
+                   help="threshold in SDs of the matched-filter output (> 0; default 5)")
     p.add_argument("--pulses", metavar="CSV", help="stimulus pulses to blank: CSV with header, columns "
                                                     "sample,duration_us")
-    p.add_argument("--out", help="write the CSV here instead of stdout")
+    p.add_argument("--out", type=output_file, help="write the CSV here instead of stdout (its directory must exist)")
     p.set_defaults(func=_detect)

@@ -7,11 +7,18 @@ import argparse
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
-from rigctl.errors import RigctlError
+from rigctl.commands._argtypes import finite_float_in, port_number, sample_rate_hz, seed
+from rigctl.errors import DeviceError, RigctlError
+from rigctl.protocol import DRUGS
 
 DEVICES = ("pulsepal", "rhx", "openephys")
+DEFAULT_PORTS = {"rhx": 5000, "openephys": 37497}
+#: --duration-s: up to 30 days (without it the emulator runs until Ctrl-C).
+MAX_DURATION_S = 30 * 86400.0
+
+_T = TypeVar("_T")
 
 
 def _parse_outputs(text: str) -> dict[int, tuple[int, ...]]:
@@ -20,6 +27,8 @@ def _parse_outputs(text: str) -> dict[int, tuple[int, ...]]:
     try:
         for part in text.split(","):
             ch, els = part.split(":")
+            if int(ch) in out:
+                raise argparse.ArgumentTypeError(f"{text!r}: output {int(ch)} given twice; allowed: each output once")
             out[int(ch)] = tuple(int(e) for e in els.split("+"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: allowed: OUTPUT:ELECTRODE[+ELECTRODE...],... "
@@ -27,7 +36,43 @@ def _parse_outputs(text: str) -> dict[int, tuple[int, ...]]:
     bad = [k for k in out if not 1 <= k <= 4]
     if bad:
         raise argparse.ArgumentTypeError(f"output(s) {bad}: allowed: 1..4")
+    negative = sorted({e for els in out.values() for e in els if e < 0})
+    if negative:
+        raise argparse.ArgumentTypeError(f"{text!r}: electrode(s) {negative}: allowed: electrodes >= 0")
     return out
+
+
+def _format_outputs(outputs: dict[int, tuple[int, ...]]) -> str:
+    """{1: (0,), 2: (2, 3)} -> `1:0,2:2+3` (the --outputs syntax)."""
+    return ",".join(f"{k}:{'+'.join(str(e) for e in v)}" for k, v in outputs.items())
+
+
+def _check_outputs(args: argparse.Namespace, backend) -> None:
+    """Every wired electrode exists on the culture the emulator drives."""
+    n = getattr(backend, "n_channels", None)
+    if not isinstance(n, int):
+        return
+    for els in args.outputs.values():
+        for e in els:
+            if not 0 <= e < n:
+                raise RigctlError(f"emulate pulsepal --outputs {_format_outputs(args.outputs)}: electrode {e}: "
+                                  f"allowed: 0 to {n - 1} (the simulated culture's electrodes)")
+
+
+def _listen(args: argparse.Namespace, start: Callable[[], _T]) -> _T:
+    """`start()` an emulator's sockets; a bad --host, a port in use or refused is one DeviceError line."""
+    errors: tuple[type[BaseException], ...] = (OSError, OverflowError)
+    try:
+        import zmq
+        errors += (zmq.ZMQError,)
+    except ImportError:
+        pass
+    try:
+        return start()
+    except errors as exc:
+        port = DEFAULT_PORTS[args.device] if args.port is None else args.port
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise DeviceError(f"emulate {args.device} --host {args.host} --port {port}: cannot listen ({reason})") from None
 
 
 def _sim_backend(args: argparse.Namespace, mode: str):
@@ -89,9 +134,9 @@ def serve_rhx(args: argparse.Namespace, backend, ready: Callable[[dict], None], 
     from rigctl.drivers import _rhx_wire as rw
     from rigctl.sim.rhx_emulator import RHXEmulator
 
-    port = 5000 if args.port is None else args.port
-    emu = RHXEmulator(backend, host=args.host, command_port=port, realtime=args.realtime,
-                      channel_names=rw.default_channel_names(backend.n_channels)).start()
+    port = DEFAULT_PORTS["rhx"] if args.port is None else args.port
+    emu = _listen(args, lambda: RHXEmulator(backend, host=args.host, command_port=port, realtime=args.realtime,
+                                            channel_names=rw.default_channel_names(backend.n_channels)).start())
     try:
         ready({"device": "rhx", "host": args.host, "command_port": emu.command_port,
                "waveform_port": "opens on `execute ConnectTCPWaveformDataOutput` (default 5001 or a free port)",
@@ -117,8 +162,9 @@ def _wait_or_relisten(emu, stop: threading.Event, duration_s: float | None) -> N
 def serve_openephys(args: argparse.Namespace, backend, ready: Callable[[dict], None], stop: threading.Event) -> int:
     from rigctl.sim.openephys_emulator import OpenEphysEmulator
 
-    port = 37497 if args.port is None else args.port
-    emu = OpenEphysEmulator(backend, host=args.host, http_port=port, realtime=args.realtime).start()
+    port = DEFAULT_PORTS["openephys"] if args.port is None else args.port
+    emu = _listen(args, lambda: OpenEphysEmulator(backend, host=args.host, http_port=port,
+                                                  realtime=args.realtime).start())
     try:
         ready({"device": "openephys", "http": f"http://{args.host}:{emu.http_port}/api/status",
                "zmq_data": f"tcp://{args.host}:{emu.data_port}", "zmq_heartbeat": f"tcp://{args.host}:{emu.data_port + 1}",
@@ -148,6 +194,8 @@ def run_emulator(args: argparse.Namespace, backend_factory: Callable[[argparse.N
         raise RigctlError(f"emulate {args.device} --mode {args.mode}: allowed: voltage (the emulator serves traces)")
     mode = "events" if args.device == "pulsepal" else "voltage"
     backend = backend_factory(args, mode)
+    if args.device == "pulsepal":
+        _check_outputs(args, backend)
     return SERVERS[args.device](args, backend, ready, stop or threading.Event())
 
 
@@ -175,7 +223,9 @@ def _register_bench() -> None:
         p = add_bench_command("drivers", "each driver against its emulator: time to arm a pulse, read speed")
     except (ImportError, RuntimeError):  # no bench group in this build
         return
-    p.add_argument("--seconds", type=float, default=10.0, help="seconds of 64-channel data to read (default 10)")
+    from rigctl.commands.bench import BENCH_SECONDS
+    p.add_argument("--seconds", type=BENCH_SECONDS, default=10.0,
+                   help="seconds of 64-channel data to read (0.1 to 600; default 10)")
     p.set_defaults(func=_bench)
 
 
@@ -187,18 +237,18 @@ def register(sub) -> None:
                     "and ports). Data-serving emulators (rhx, openephys) run as fast as the client reads unless "
                     "--realtime; the Pulse Pal serves no data, so its culture always runs on the wall clock.")
     p.add_argument("device", choices=DEVICES)
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated culture (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the simulated culture (default 0)")
     p.add_argument("--realtime", action="store_true", help="pace data to the wall clock")
-    p.add_argument("--drug", default="none", help="simulated culture condition (default: none)")
-    p.add_argument("--sample-rate-hz", type=float, default=25000.0, dest="sample_rate_hz",
-                   help="sample rate of the simulated culture (default 25000)")
+    p.add_argument("--drug", choices=DRUGS, default="none", help="simulated culture condition (default: none)")
+    p.add_argument("--sample-rate-hz", type=sample_rate_hz, default=25000.0, dest="sample_rate_hz",
+                   help="sample rate of the simulated culture (1000 to 100000 Hz; default 25000)")
     p.add_argument("--mode", choices=("voltage",), default="voltage",
                    help="rhx/openephys: what the culture serves (voltage traces)")
     p.add_argument("--outputs", type=_parse_outputs, default=_parse_outputs("1:0,2:2,3:4,4:6"),
                    help="pulsepal: output-to-electrode wiring, e.g. 1:0,2:2+3 (default 1:0,2:2,3:4,4:6)")
     p.add_argument("--host", default="127.0.0.1", help="rhx/openephys: address to listen on (default loopback)")
-    p.add_argument("--port", type=int, default=None, help="rhx: command port (default 5000); openephys: "
-                                                           "HTTP port (default 37497); 0 = any free port")
-    p.add_argument("--duration-s", type=float, default=None, dest="duration_s",
-                   help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--port", type=port_number, default=None, help="rhx: command port (default 5000); openephys: "
+                                                                   "HTTP port (default 37497); 0 = any free port")
+    p.add_argument("--duration-s", type=finite_float_in(0.0, MAX_DURATION_S, lo_open=True), default=None,
+                   dest="duration_s", help="stop after this many seconds (> 0, at most 30 days; default: until Ctrl-C)")
     p.set_defaults(func=_main)

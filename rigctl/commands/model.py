@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+from rigctl.commands._argtypes import output_file
 from rigctl.errors import ModelInputError
 
 
@@ -30,16 +32,21 @@ def _fit(args: argparse.Namespace) -> int:
 
     if args.train_sessions < 1:
         raise ModelInputError(f"--train-sessions must be >= 1, got {args.train_sessions}")
-    if args.baseline is not None and not args.baseline > 0:
-        raise ModelInputError(f"--baseline must be a positive number of spikes/stim, got {args.baseline}")
+    if args.baseline is not None and not (math.isfinite(args.baseline) and args.baseline > 0):
+        raise ModelInputError(f"--baseline must be a positive finite number of spikes/stim, got {args.baseline}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ModelInputError(f"--out {out}: exists and is not a directory; allowed: a directory (created if missing)")
     sources = [load_source(Path(p)) for p in args.sources]
     picks = pick_cultures(sources, args.culture)
     batch = [tr for src in sources for tr in src.cultures]
     picked = [src.cultures[i] for src, i in picks]
     baseline, fits = fit_batch(batch, picked, args.mode, args.baseline, args.train_sessions, args.skip_bad,
                                wrap=_progress(len(picked), f"model fit ({args.mode})"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelInputError(f"--out {out}: cannot create the directory ({exc.strerror or exc})") from None
     single = len(fits) == 1
     index = {"mode": args.mode, "baseline": baseline,
              "baseline_source": "given" if args.baseline is not None else "batch of all sources",
@@ -86,7 +93,10 @@ def _table(args: argparse.Namespace) -> int:
         fits = {mode: released_fits(by_cond, mode, wrap=wrap) for mode in ("published", "online")}
     text = markdown_table(table_rows(fits))
     if args.out:
-        Path(args.out).write_text(text)
+        try:
+            args.out.write_text(text)
+        except OSError as exc:
+            raise ModelInputError(f"--out {args.out}: cannot write ({exc.strerror or exc})") from None
     sys.stdout.write(text)
     return 0
 
@@ -120,5 +130,6 @@ def register(sub) -> None:
                                     "docs/model.md (err_x sessions 91-100, weight correlation at session 100, "
                                     "L(1) -> L(100)).")
     t.add_argument("data_dir", metavar="DATA_DIR", help="folder with response_data_<cond>.mat files")
-    t.add_argument("--out", metavar="FILE", help="also write the table to FILE")
+    t.add_argument("--out", metavar="FILE", type=output_file, help="also write the table to FILE (in an existing "
+                                                                    "directory)")
     t.set_defaults(func=_table)

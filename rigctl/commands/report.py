@@ -1,22 +1,29 @@
-"""`rigctl report RUN_DIR`: summary.json and PNG plots of a run."""
+"""`rigctl report RUN_DIR`: summary.json and PNG plots of a run (of an unfinished run too, with a warning)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rigctl.report import write_report
 
 
+def _warn(message: str) -> None:
+    print(f"rigctl report: warning: {message}", file=sys.stderr)
+
+
 def _report(args: argparse.Namespace) -> int:
-    path = write_report(args.run_dir)
+    path = write_report(args.run_dir, warn=_warn)
     print(path)
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="write summary.json and plots for a run",
-                       description="Write RUN_DIR/summary.json (protocol, seed, per-session trials, mean evoked "
-                                   "spikes, response to each source per electrode, selectivity, ensemble "
-                                   "separation) and PNG plots into the run directory.")
+                       description="Write RUN_DIR/summary.json (protocol, seed, run status, per-session trials, "
+                                   "mean evoked spikes, response to each source per electrode, selectivity, "
+                                   "ensemble separation) and PNG plots into the run directory. A run that is not "
+                                   "complete (running, interrupted, failed) is reported over the trials it has, "
+                                   "with a warning on stderr.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.set_defaults(func=_report)

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from rigctl.commands import _argtypes
 from rigctl.errors import RigctlError
 from rigctl.protocol import DRUGS
 from rigctl.session import RunOptions, resume_run, start_run
@@ -42,29 +43,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_in(lo: int, hi: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text[:40]!r}: allowed: an integer {lo} to {hi}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{value}: allowed: an integer {lo} to {hi}")
-        return value
-    return parse
-
-
-def _chunk_ms(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not MIN_CHUNK_MS <= value <= MAX_CHUNK_MS:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r}: allowed: milliseconds {MIN_CHUNK_MS} to {MAX_CHUNK_MS}")
-    return value
-
-
-MIN_CHUNK_MS, MAX_CHUNK_MS = 0.1, 10000.0
 
 
 def register(sub) -> None:
@@ -78,14 +56,13 @@ def register(sub) -> None:
     p.add_argument("--rig", default="sim-events",
                    help="sim (voltage through the whole signal path), sim-events (the network's spike events, "
                         "fast), or a rig file rigs/<name>.yaml (default: sim-events)")
-    p.add_argument("--sessions", type=_int_in(1, 100000), help="run only the first N sessions")
-    p.add_argument("--seed", type=_int_in(0, 2**63 - 1),
+    p.add_argument("--sessions", type=_argtypes.int_in(1, 100000), help="run only the first N sessions")
+    p.add_argument("--seed", type=_argtypes.seed,
                    help="seed of the schedule and the simulated culture (default: the protocol's)")
     p.add_argument("--drug", choices=DRUGS, help="simulated rig condition (default: the protocol's)")
     p.add_argument("--out", type=Path, help="run directory to create (default: runs/<protocol>-seed<N>-<time>)")
     p.add_argument("--realtime", action="store_true", help="pace the simulated rig to the wall clock")
-    p.add_argument("--chunk-ms", type=_chunk_ms,
-                   help=f"chunk length of the simulated rig in ms ({MIN_CHUNK_MS} to {MAX_CHUNK_MS})")
+    p.add_argument("--chunk-ms", type=_argtypes.chunk_ms, help="chunk length of the simulated rig in ms (0.1 to 10000)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--stream", metavar="ENDPOINT", help="publish trials and session results on a ZMQ PUB socket "
                                                        "(e.g. tcp://127.0.0.1:5600)")

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from rigctl.errors import ProtocolError
 from rigctl.protocol import BssSchedule, load_protocol
 from rigctl.safety import SafetyLimits
 
 
 def _validate(args: argparse.Namespace) -> int:
+    given = Path(args.protocol)
+    if given.is_dir() and (given / "run.json").is_file():
+        raise ProtocolError(f"{given}: is a run directory, not a protocol file; validate its protocol: "
+                            f"{given / 'protocol.yaml'}")
     protocol = load_protocol(args.protocol)
     SafetyLimits().check_pulse(protocol.pulse)
     schedule = BssSchedule(protocol, protocol.seed, 25000.0)

@@ -5,6 +5,8 @@ files (spec 1.6) and rigctl run directories (via `rigctl.export.load_run_trials`
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +35,38 @@ def _condition_of(path: Path, keys: list[str]) -> str:
     return cells[0][len("data_"):]
 
 
+def _read_mat(path: Path) -> dict:
+    """scipy's loadmat, with every way a truncated or corrupt file fails turned into ModelInputError."""
+    import scipy.io
+    from scipy.io.matlab import MatReadError
+
+    try:
+        if path.stat().st_size == 0:
+            raise ModelInputError(f"{path}: empty file (0 bytes); expected a MATLAB v5 .mat file")
+        return scipy.io.loadmat(str(path))
+    except NotImplementedError as exc:  # scipy reads v4-v7; v7.3 files are HDF5
+        raise ModelInputError(f"{path}: a MATLAB v7.3 (HDF5) file, which is not read; save it from MATLAB "
+                              f"with save(..., '-v7') ({exc})") from exc
+    except OSError as exc:
+        if exc.errno is not None:  # the system refused (permissions, a directory, ...)
+            raise ModelInputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        raise _corrupt(path, exc) from exc  # scipy's own "could not read bytes": the file ends early
+    # a cut or damaged file fails deep inside the reader, with whichever of these the damage triggers (a
+    # damaged size field asks for an absurd allocation: MemoryError)
+    except (MatReadError, ValueError, IndexError, KeyError, TypeError, EOFError, OverflowError, MemoryError,
+            struct.error, zlib.error) as exc:
+        raise _corrupt(path, exc) from exc
+
+
+def _corrupt(path: Path, exc: BaseException) -> ModelInputError:
+    """The one-line error for a .mat file the reader could not parse, with the reader's own reason."""
+    return ModelInputError(f"{path}: truncated or corrupt: not a readable MATLAB v5 file ({type(exc).__name__}: {exc})")
+
+
 def load_mat(path: Path) -> Source:
     """A released `response_data_<cond>.mat`: cell array data_<cond> of structs with s, o, r (spec 1.6)."""
-    import scipy.io
-
     path = Path(path)
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except (OSError, ValueError, NotImplementedError) as exc:
-        raise ModelInputError(f"{path}: not a readable MATLAB v5 file ({exc})") from exc
+    mat = _read_mat(path)
     cond = _condition_of(path, [k for k in mat if not k.startswith("__")])
     cell = mat[f"data_{cond}"]
     if cell.dtype != object:
@@ -50,7 +75,7 @@ def load_mat(path: Path) -> Source:
     for n, item in enumerate(cell.ravel(), start=1):
         try:
             s, o, r = (np.asarray(item[f][0, 0]) for f in ("s", "o", "r"))
-        except (ValueError, IndexError, KeyError) as exc:
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
             raise ModelInputError(f"{path}: culture {n} lacks the fields s, o, r") from exc
         cultures.append(make_trials(s, o, r, None, RELEASED_SESSION_LENGTH, name=f"{cond}:{n}"))
     if not cultures:

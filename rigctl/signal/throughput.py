@@ -14,13 +14,14 @@ UV_PER_BIT = 0.195
 
 
 def rig_like_recording(channels: int, rate_hz: float, seconds: float, seed: int) -> np.ndarray:
-    """int16 [n, channels]: white noise (6 uV rms) and spikes (40-120 uV troughs, 10 Hz per channel)."""
+    """int16 [n, channels]: white noise (6 uV rms) and spikes (40-120 uV troughs, 10 Hz per channel), none
+    within 50 samples of either end (a recording of 100 samples or fewer has none)."""
     from rigctl.sim.render import VoltageRenderer
     rng = np.random.default_rng(seed)
     n = int(seconds * rate_hz)
     renderer = VoltageRenderer(channels, rate_hz, seed)
-    k = rng.poisson(10.0 * seconds * channels)
-    samples = np.sort(rng.integers(50, n - 50, k))
+    k = rng.poisson(10.0 * seconds * channels) if n > 100 else 0
+    samples = np.sort(rng.integers(50, n - 50, k)) if k else np.zeros(0, np.int64)
     return renderer.render(0, n, samples, rng.integers(0, channels, k), -rng.uniform(40, 120, k).astype(np.float32), [])
 
 
