@@ -30,7 +30,7 @@ def main() -> None:
     rate[:, :q] += 4.0 * c.x_true[:, [0]]
     rate[:, q:2 * q] += 4.0 * c.x_true[:, [1]]
     counts = rng.poisson(rate).astype(np.int32)
-    records = [TrialRecord(int(k) + 1, int(i % 256) + 1, int(i), c.s[i], c.o[i], counts[i])
+    records = [TrialRecord.bss(int(k) + 1, int(i % 256) + 1, int(i), c.s[i], c.o[i], counts[i])
                for i, k in enumerate(c.sess)]
     model = OnlineFreeEnergy(32, 10)
     t_fit, t_coll, t_begin, t_end = [], [], [], []

@@ -1,6 +1,6 @@
 """Closed-loop latency: from a chunk's arrival to a stimulation command handed to the stimulator driver.
 
-The measurement runs the very loop `rigctl run` uses (BssRunner: store, signal path, trial windows, safety
+The measurement runs the very loop `rigctl run` uses (ProtocolRunner: store, signal path, trial windows, safety
 guard) with one extra closed-loop rule, "stimulate when a spike is detected", and timestamps two points:
 when `Amplifier.read()` returns a chunk, and when the guarded stimulator hands the rule's command to the
 driver. Loopback procedure for real hardware: docs/latency.md.
@@ -172,8 +172,8 @@ def measure_latency(rig: str, channels: int, rate_hz: float, chunk_ms: float, se
                     realtime: bool = False) -> LatencyResult:
     """Run the loop for `seconds` of rig time on `rig` and collect closed-loop latencies."""
     from rigctl.drivers.playback import PlaybackAmplifier
-    from rigctl.loop import BssRunner, LoopConfig
-    from rigctl.protocol import BssSchedule, load_protocol
+    from rigctl.loop import LoopConfig, ProtocolRunner
+    from rigctl.protocol import load_protocol
     from rigctl.rigs import open_rig
     from rigctl.safety import GuardedStimulator, SafetyLimits
     from rigctl.signal import SignalConfig, SignalPath
@@ -207,19 +207,20 @@ def measure_latency(rig: str, channels: int, rate_hz: float, chunk_ms: float, se
     amp = TimedAmplifier(amp_inner)
     stim = TimedStimulator(stim_inner, amp)
     guarded = GuardedStimulator(stim, limits, amp.sample_rate_hz)
-    schedule = BssSchedule(protocol, seed, amp.sample_rate_hz)
+    plan = protocol.make_protocol(seed, amp.sample_rate_hz)
     electrodes = [e for e in range(amp.n_channels) if e not in set(protocol.stim_electrodes)][:16]
     pulse = protocol.pulse
     rule = SpikeTriggeredRule(electrodes, amp.sample_rate_hz, pulse, stim)
     with tempfile.TemporaryDirectory() as tmp:
         meta = {"protocol": protocol.name, "seed": seed, "rig": rig_label,
-                "shapes": {"n_sources": 2, "n_stimuli": protocol.n_stimuli, "n_electrodes": amp.n_channels}}
+                "shapes": {"n_electrodes": amp.n_channels},
+                "trial_fields": [f.to_json() for f in plan.trial_fields]}
         store = SessionStore.create(Path(tmp) / "run", meta, {})
         def voltage_signal_path():
             return SignalPath(amp.n_channels, amp.sample_rate_hz, amp.uV_per_bit, SignalConfig())
         make_signal = None if getattr(amp_inner, "mode", "voltage") == "events" else voltage_signal_path
-        runner = BssRunner(protocol, schedule, amp, guarded, store, [], make_signal,
-                           LoopConfig(realtime=realtime, progress=False), reactions=[rule])
+        runner = ProtocolRunner(plan, amp, guarded, store, [], make_signal,
+                                LoopConfig(realtime=realtime, progress=False), reactions=[rule])
         t0 = time.monotonic()
         runner.run()
         wall = time.monotonic() - t0

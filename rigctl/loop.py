@@ -1,14 +1,22 @@
-"""The real-time loop: driven by chunk arrival, one clock (the amplifier's sample index).
+"""The real-time loop: driven by chunk arrival, one clock (the amplifier's sample index), any protocol.
 
-Per chunk: schedule the protocol's commands that fall within the look-ahead (safety-checked, handed to the
-stimulator, announced to the artifact blanker), read the chunk, keep raw data per the protocol, detect
-spikes (or take the rig's own events), count them into trial windows, hand finished trials to the models
-and the store, checkpoint. Between sessions a simulated rig may skip the rest (nothing is recorded there).
+One iteration, in this order (the stages are small objects in rigctl/stages.py and rigctl/trials.py):
+
+1. rest skip: between sessions a simulated rig may jump to the next session's lead-in (nothing is recorded);
+2. plan: ask the protocol for its next trials while they fall within the look-ahead; each command is
+   safety-checked, handed to the stimulator, logged and announced to the artifact blanker; the trial's
+   response window opens and its raw and spike ranges are marked for keeping;
+3. read one chunk;
+4. keep raw data (before anything else may fail);
+5. spikes: the rig's own events or the signal path (`SpikeSource`), kept per the protocol, counted into
+   the open trial windows, offered to the closed-loop reaction rules;
+6. trials whose window is complete go to the sinks: the store, the protocol (`on_response`: a closed-loop
+   protocol decides its next stimulus here), the online models, the stream; session ends likewise;
+7. checkpoint, at the end of the chunk only, so that it holds a consistent cut.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -16,13 +24,14 @@ from typing import Any, Callable
 import numpy as np
 
 from rigctl.drivers.base import Amplifier
+from rigctl.engine import PlannedTrial, Protocol
 from rigctl.errors import RigctlError
 from rigctl.online import TrialModel
-from rigctl.protocol import BssProtocol, BssSchedule, PlannedTrial
 from rigctl.safety import GuardedStimulator, Watchdog
+from rigctl.stages import KeepRanges, Progress, SpikeSource
 from rigctl.store import SessionStore
 from rigctl.trials import OpenTrial, TrialWindows
-from rigctl.types import Chunk
+from rigctl.types import Chunk, StimCommand, TrialRecord
 
 
 @dataclass
@@ -46,68 +55,39 @@ class LoopStats:
     extra: dict = field(default_factory=dict)
 
 
-class Progress:
-    """A tqdm bar on a terminal; one line per session otherwise (CI logs, pipes)."""
+class ProtocolRunner:
+    """Runs one protocol on one rig (amplifier + guarded stimulator), storing everything."""
 
-    def __init__(self, total: int, initial: int, enabled: bool, label: str):
-        self.bar = None
-        self.enabled = enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="trial", desc=label, file=sys.stderr,
-                            dynamic_ncols=True)
-
-    def trial(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def session(self, session: int, sessions: int, mean_evoked: float, done: int, total: int) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(session=f"{session}/{sessions}", evoked=f"{mean_evoked:.2f}")
-        elif self.enabled:
-            print(f"session {session}/{sessions} done: {done}/{total} trials, "
-                  f"mean evoked {mean_evoked:.2f} spikes/trial", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class BssRunner:
-    """Runs a BSS protocol on one rig (amplifier + guarded stimulator), storing everything."""
-
-    def __init__(self, protocol: BssProtocol, schedule: BssSchedule, amplifier: Amplifier,
-                 stimulator: GuardedStimulator, store: SessionStore, models: list[TrialModel],
-                 make_signal_path: Callable[[], Any] | None, config: LoopConfig = LoopConfig(),
-                 publisher=None, rig_state=None, reactions: list | None = None):
+    def __init__(self, protocol: Protocol, amplifier: Amplifier, stimulator: GuardedStimulator,
+                 store: SessionStore, models: list[TrialModel], make_signal_path: Callable[[], Any] | None,
+                 config: LoopConfig = LoopConfig(), publisher=None, rig_state=None, reactions: list | None = None):
         self.protocol = protocol
-        self.schedule = schedule
+        self.cfg = protocol.config
         self.amp = amplifier
         self.stim = stimulator
         self.store = store
         self.models = models
-        self.make_signal_path = make_signal_path
         self.config = config
         self.publisher = publisher
         self.rig_state = rig_state  # object with get_state/set_state (simulated rigs), or None
         # closed-loop rules: rule(spikes, now_sample) -> list[StimCommand], run on every chunk's spikes
         self.reactions = list(reactions or [])
-        fs = amplifier.sample_rate_hz
-        self.fs = fs
-        w = protocol.response_window_ms
-        self.windows = TrialWindows(amplifier.n_channels, (schedule.ms_to_samples(w[0]), schedule.ms_to_samples(w[1])))
-        self.lookahead = int(round(config.lookahead_s * fs))
+        self.fs = amplifier.sample_rate_hz
+        w = self.cfg.response_window_ms
+        self.windows = TrialWindows(amplifier.n_channels, (protocol.ms_to_samples(w[0]), protocol.ms_to_samples(w[1])))
+        self.lookahead = int(round(config.lookahead_s * self.fs))
         # a pulse must be handed over before the chunk that contains it is read: the horizon spans at least
         # two chunks, of the rig's declared size or the largest seen (drivers need not declare one)
         self.chunk_hint = int(getattr(amplifier, "chunk_samples", 0) or 0)
-        self.lead_in = int(round(protocol.first_trial_s * fs))
-        self.signal = None
+        self.lead_in = int(round(self.cfg.first_trial_s * self.fs))
+        self.source = SpikeSource(make_signal_path)
+        self.keep = {"raw": KeepRanges(), "spikes": KeepRanges()}
         self.next_to_schedule = 0
         self.n_done = 0
         self.clock = 0  # one past the last sample read
         self.spikes_until = 0  # one past the last sample whose spikes are final
-        self.keep_ranges: dict[str, list[tuple[int, int]]] = {"raw": [], "spikes": []}
         self.stats = LoopStats()
+        self._peeked: PlannedTrial | None = None  # the next trial, as the protocol answered for it
         self._session_counts: list[np.ndarray] = []
         self._checkpoint_due = False  # a trial asked for a checkpoint; taken at the end of its chunk
 
@@ -116,10 +96,11 @@ class BssRunner:
         return {
             "next_to_schedule": self.next_to_schedule, "n_done": self.n_done, "clock": self.clock,
             "spikes_until": self.spikes_until,
+            "protocol": self.protocol.get_state(),
             "open": [(t.planned.index, t.counts.copy()) for t in self.windows.open],
-            "keep_ranges": {k: list(v) for k, v in self.keep_ranges.items()},
+            "keep_ranges": {k: list(v.ranges) for k, v in self.keep.items()},
             "rates": dict(self.stim.rates.last_sample),
-            "signal": None if self.signal is None else self.signal.get_state(),
+            "signal": self.source.get_state(),
             "models": {m.name: m.get_state() for m in self.models},
             "rig": None if self.rig_state is None else self.rig_state.get_state(),
             "stats": asdict(self.stats),
@@ -130,16 +111,16 @@ class BssRunner:
         self.next_to_schedule = state["next_to_schedule"]
         self.n_done = state["n_done"]
         self.clock = state["clock"]
-        self.spikes_until = state.get("spikes_until", self.clock)  # checkpoints before 2026-11-23 lack it
+        self.spikes_until = state["spikes_until"]
+        self.protocol.set_state(state.get("protocol", {}))  # first: the open trials are asked of it again
         self.windows.open = []
         for index, counts in state["open"]:
-            self.windows.add(self.schedule.trial(index))
+            self.windows.add(self._decided(index))
             self.windows.open[-1].counts[:] = counts
-        self.keep_ranges = {k: list(v) for k, v in state["keep_ranges"].items()}
+        for kind, ranges in state["keep_ranges"].items():
+            self.keep[kind].ranges = [tuple(r) for r in ranges]
         self.stim.rates.last_sample = dict(state["rates"])
-        if state["signal"] is not None and self.make_signal_path is not None:
-            self.signal = self.make_signal_path()
-            self.signal.set_state(state["signal"])
+        self.source.set_state(state["signal"])
         for m in self.models:
             if m.name in state["models"]:
                 m.set_state(state["models"][m.name])
@@ -148,28 +129,35 @@ class BssRunner:
         self.stats = LoopStats(**state["stats"])
         self._session_counts = [c.copy() for c in state["session_counts"]]
 
-    def continue_from(self, trials: list) -> None:
-        """Resume on a rig whose state cannot be restored (hardware: the culture cannot be rewound):
-        replay the stored trials into the models, then start at the first trial not on disk."""
-        p = self.protocol
-        for record in trials:
+    def continue_from(self, trials: list[TrialRecord]) -> None:
+        """Resume on a rig whose state cannot be restored (hardware: the culture cannot be rewound): replay
+        the stored trials through the protocol and the models, then start at the first trial not on disk."""
+        for index, record in enumerate(trials):
+            planned = self._decided(index, record.sample)
             if record.trial == 1:
+                self._session_counts = []
                 self.models_begin(record.session)
             for m in self.models:
                 m.update(record)
-            if record.trial == p.trials_per_session:
+            self.protocol.on_response(record)
+            self._session_counts.append(record.counts)
+            if planned.last_in_session:
+                self._session_counts = []
                 for m in self.models:
                     m.end_session(record.session)
-        done = len(trials)
-        if done % p.trials_per_session:
-            self._session_counts = [r.counts for r in trials[done - done % p.trials_per_session:]]
-        self.n_done = done
-        self.next_to_schedule = done
+        self.n_done = self.next_to_schedule = len(trials)
+
+    def _decided(self, index: int, now_sample: int = 0) -> PlannedTrial:
+        planned = self.protocol.trial(index, now_sample)
+        if planned is None:
+            raise RigctlError(f"protocol {self.cfg.name} cannot say what its trial {index + 1} was (it must "
+                              "answer for every trial whose predecessors' responses it has heard)")
+        return planned
 
     def models_begin(self, session: int) -> list[tuple[str, dict | None]]:
         """Tell every model a session begins; returns their predictions (name, payload)."""
-        s, o = self.schedule.session_sequence(session)
-        return [(m.name, m.begin_session(session, o)) for m in self.models]
+        stimuli = self.protocol.session_context(session).get("stimuli")
+        return [(m.name, m.begin_session(session, stimuli)) for m in self.models]
 
     def checkpoint(self) -> None:
         if self.rig_state is None:
@@ -179,20 +167,21 @@ class BssRunner:
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def run(self) -> LoopStats:
-        total = self.schedule.n_trials
-        progress = Progress(total, self.n_done, self.config.progress, self.protocol.name)
+        total = self.protocol.n_trials
+        progress = Progress(total, self.n_done, self.config.progress, self.cfg.name)
         wall0 = time.monotonic()
         self.amp.start()
-        if self.signal is None and self.make_signal_path is not None:
-            self.signal = self.make_signal_path()
+        self.source.start()
         self._clock_origin = None  # set at the first chunk: start-up (JIT compilation, connects) is not lag
         watchdog = Watchdog(self.config.watchdog_s, self._on_stall).start() if self.config.realtime else None
         try:
-            while self.n_done < total or self._keeping():
+            while self.n_done < total or self._keeping() or self.clock < self.protocol.record_until:
                 self._skip_rest_if_possible()
                 self._schedule_ahead()
                 chunk = self.amp.read()
                 self._process(chunk, progress)
+                if total == 0:
+                    progress.recorded(self.clock / self.fs, self.protocol.record_until / self.fs)
                 if self.next_to_schedule >= total and not self.windows.open and self.n_done < total:
                     # every trial was scheduled and none is open, yet some are not done: reading on would never end
                     raise RigctlError(f"{total - self.n_done} trial(s) of {total} were scheduled but never "
@@ -220,54 +209,59 @@ class BssRunner:
         self.stim.safe_state()
         self.stats.extra["watchdog_fired"] = True
 
+    def _peek(self) -> PlannedTrial | None:
+        """The next trial to schedule, or None while the protocol has not decided it."""
+        index = self.next_to_schedule
+        if index >= self.protocol.n_trials:
+            return None
+        if self._peeked is None or self._peeked.index != index:
+            self._peeked = self.protocol.trial(index, self.clock)
+        return self._peeked
+
     def _skip_rest_if_possible(self) -> None:
-        """Between sessions, jump a simulated rig to the next session's lead-in (nothing is recorded)."""
-        nxt = self.next_to_schedule
-        p = self.protocol
-        if (nxt == 0 or nxt >= self.schedule.n_trials or nxt % p.trials_per_session != 0
-                or self.windows.open or not self.amp.can_skip or p.raw == "all" or p.spikes == "all"):
+        """Before a session's first trial, jump a simulated rig to its lead-in (nothing is recorded there)."""
+        if (self.next_to_schedule == 0 or self.windows.open or not self.amp.can_skip
+                or self.cfg.raw == "all" or self.cfg.spikes == "all"):
             return
-        if self._keeping():
-            return  # the last trial's raw or spike window is not all recorded yet
-        target = self.schedule.trial_sample(nxt) - self.lead_in
+        planned = self._peek()
+        if planned is None or planned.trial != 1 or self._keeping():
+            return  # mid-session, undecided, or the last trial's raw or spike window is not all recorded yet
+        target = planned.sample - self.lead_in
         if target <= self.clock:
             return
         self.amp.skip_to(target)
         self.stats.skipped_samples += target - self.clock
         self.clock = self.spikes_until = target
         self._clock_origin = None
-        if self.make_signal_path is not None:
-            self.signal = self.make_signal_path()  # a new recording segment; it settles during the lead-in
+        self.source.new_segment()
 
     def _keeping(self) -> bool:
         """Whether a trial's raw or spike window (kept on disk) extends beyond what has been recorded."""
-        return (any(end > self.clock for _, end in self.keep_ranges["raw"])
-                or any(end > self.spikes_until for _, end in self.keep_ranges["spikes"]))
+        return self.keep["raw"].pending(self.clock) or self.keep["spikes"].pending(self.spikes_until)
 
     def _schedule_ahead(self) -> None:
         horizon = self.clock + max(self.lookahead, 2 * self.chunk_hint)
-        p = self.protocol
-        while self.next_to_schedule < self.schedule.n_trials:
-            if self.schedule.trial_sample(self.next_to_schedule) >= horizon:
+        cfg = self.cfg
+        while True:
+            planned = self._peek()
+            if planned is None or planned.sample >= horizon:
                 break
-            planned = self.schedule.trial(self.next_to_schedule)
             if planned.trial == 1:
                 self._begin_session(planned)
             if planned.command is not None:
                 self._deliver(planned.command)
             self.windows.add(planned)
-            for kind, window in (("raw", p.raw_window_ms), ("spikes", p.spike_window_ms)):
-                self.keep_ranges[kind].append((planned.sample + self.schedule.ms_to_samples(window[0]),
-                                               planned.sample + self.schedule.ms_to_samples(window[1])))
+            for kind, window in (("raw", cfg.raw_window_ms), ("spikes", cfg.spike_window_ms)):
+                self.keep[kind].add(planned.sample + self.protocol.ms_to_samples(window[0]),
+                                    planned.sample + self.protocol.ms_to_samples(window[1]))
             self.next_to_schedule += 1
 
-    def _deliver(self, command) -> None:
+    def _deliver(self, command: StimCommand) -> None:
         """Safety-check and hand a command to the stimulator, log it, warn the artifact blanker.
         A SafetyViolation propagates: the run stops and the stimulator goes to its safe state."""
         self.stim.schedule(command)
         self.store.append_stim(command)
-        if self.signal is not None:
-            self.signal.expect_pulse(command.sample, command.electrodes, command.pulse.duration_us)
+        self.source.expect_pulse(command)
 
     def _begin_session(self, planned: PlannedTrial) -> None:
         self.store.append_event("session_start", session=planned.session, sample=planned.sample)
@@ -277,46 +271,35 @@ class BssRunner:
         if self.publisher is not None:
             self.publisher.publish("session_start", {"session": planned.session})
 
-    def _kept(self, kind: str, first: int, end: int) -> list[tuple[int, int]]:
-        """Intersections of [first, end) with the keep ranges of `kind`; prunes ranges already passed."""
-        ranges = self.keep_ranges[kind]
-        out = [(max(a, first), min(b, end)) for a, b in ranges if a < end and b > first]
-        self.keep_ranges[kind] = [r for r in ranges if r[1] > end]
-        return out
-
     def _process(self, chunk: Chunk, progress: Progress) -> None:
-        p = self.protocol
+        cfg = self.cfg
         if chunk.first_sample != self.clock:
             raise RigctlError(f"amplifier skipped from sample {self.clock} to {chunk.first_sample}")
         # raw data first: it must reach disk before anything else may fail
-        kept = self._kept("raw", chunk.first_sample, chunk.end_sample)  # prunes the passed ranges in any case
+        kept = self.keep["raw"].take(chunk.first_sample, chunk.end_sample)  # prunes the passed ranges in any case
         if chunk.samples.shape[1]:  # an events rig has no raw data
-            if p.raw == "all":
+            if cfg.raw == "all":
                 self.store.append_raw(chunk.first_sample, chunk.samples)
-            elif p.raw == "trials":
+            elif cfg.raw == "trials":
                 for a, b in kept:
                     self.store.append_raw(a, chunk.samples[a - chunk.first_sample:b - chunk.first_sample])
         self.clock = chunk.end_sample
         self.chunk_hint = max(self.chunk_hint, chunk.n_samples)
         self.stim.on_chunk(chunk.end_sample)
-        if chunk.spikes is not None:
-            spikes, processed_until = chunk.spikes, chunk.end_sample
-        else:
-            spikes = self.signal.process(chunk)
-            processed_until = self.signal.processed_until
+        spikes, processed_until = self.source.spikes(chunk)
         self.spikes_until = processed_until
         if len(spikes):
-            if p.spikes == "all":
+            if cfg.spikes == "all":
                 self.store.append_spikes(spikes)
             else:
-                for a, b in self._kept("spikes", int(spikes.sample[0]), int(spikes.sample[-1]) + 1):
+                for a, b in self.keep["spikes"].take(int(spikes.sample[0]), int(spikes.sample[-1]) + 1):
                     lo, hi = np.searchsorted(spikes.sample, (a, b))
                     self.store.append_spikes(spikes.select(slice(lo, hi)))
             self.windows.count(spikes)
             for rule in self.reactions:
                 for command in rule(spikes, chunk.end_sample):
                     self._deliver(command)
-        self.keep_ranges["spikes"] = [r for r in self.keep_ranges["spikes"] if r[1] > processed_until]
+        self.keep["spikes"].prune(processed_until)
         for t in self.windows.complete(processed_until):
             self._finish_trial(t, progress)
         self.stats.chunks += 1
@@ -346,6 +329,7 @@ class BssRunner:
     def _finish_trial(self, t: OpenTrial, progress: Progress) -> None:
         record = t.record()
         self.store.append_trial(record)
+        self.protocol.on_response(record)
         for m in self.models:
             m.update(record)
         self._session_counts.append(record.counts)
@@ -354,11 +338,10 @@ class BssRunner:
         if self.publisher is not None:
             self.publisher.publish("trial", {"session": record.session, "trial": record.trial,
                                              "sample": record.sample, "counts": record.counts.tolist()})
-        p = self.protocol
-        session_end = record.trial == p.trials_per_session
+        session_end = t.planned.last_in_session
         if session_end:
             self._end_session(record.session, progress)
-        if session_end or self.n_done % p.checkpoint_every_trials == 0:
+        if session_end or self.n_done % self.cfg.checkpoint_every_trials == 0:
             self._checkpoint_due = True
 
     def _end_session(self, session: int, progress: Progress) -> None:
@@ -371,4 +354,4 @@ class BssRunner:
             self.store.append_model_session(m.name, session, "end", m.end_session(session))
         if self.publisher is not None:
             self.publisher.publish("session_end", {"session": session, "mean_evoked_per_trial": mean_evoked})
-        progress.session(session, self.protocol.sessions, mean_evoked, self.n_done, self.schedule.n_trials)
+        progress.session(session, self.cfg.sessions, mean_evoked, self.n_done, self.protocol.n_trials)

@@ -8,14 +8,17 @@ is what makes resume and the hardware-in-the-loop comparisons exact.
 
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import yaml
 
+from rigctl.engine import PlannedTrial, Protocol, ProtocolConfig, TrialField
 from rigctl.errors import ProtocolError
 from rigctl.types import BiphasicPulse, StimCommand
 from rigctl.yamlcheck import Field, LocatedDoc, in_range, load_located, one_of, validate_fields
@@ -76,33 +79,78 @@ BSS_SCHEMA = {
 }
 
 
+# The fields every protocol kind shares (identity and recording policy), validated alike for every kind.
+COMMON_KEYS = ("name", "kind", "description", "reference", "extends", "seed", "first_trial_s", "response_window_ms",
+               "raw", "raw_window_ms", "spikes", "spike_window_ms", "drug", "checkpoint_every_trials")
+COMMON_SCHEMA = {k: BSS_SCHEMA[k] for k in COMMON_KEYS}
+
+
+def common_values(doc: LocatedDoc, top: dict[str, Any], path: Path, trial_spacing_s: float | None,
+                  pulse_duration_us: float = 0.0) -> dict[str, Any]:
+    """The ProtocolConfig fields every kind has, from validated `top`, with the window checks that need the
+    trial spacing (windows no longer than the spacing; the pulse ends before the response window)."""
+    windows = {}
+    for name in ("response_window_ms", "raw_window_ms", "spike_window_ms"):
+        w = top[name]
+        problem = _window()(w)
+        if problem is None and trial_spacing_s is not None:
+            limit = trial_spacing_s * 1000.0
+            if name == "response_window_ms" and not (0 <= w[0] and w[1] <= limit):
+                problem = f"allowed: 0 <= start_ms < end_ms <= {limit:g} (the trial spacing)"
+            elif name != "response_window_ms" and w[1] - w[0] > limit:
+                problem = f"allowed: a window no longer than the trial spacing ({limit:g} ms)"
+        if problem:
+            raise ProtocolError(f"{doc.where(name)}: field '{name}' has value {str(w)[:80]}; {problem}")
+        windows[name] = (float(w[0]), float(w[1]))
+    if pulse_duration_us / 1000.0 >= windows["response_window_ms"][0] and pulse_duration_us > 0:
+        raise ProtocolError(f"{doc.where('pulse')}: the pulse ({pulse_duration_us} µs) must end before the "
+                            f"response window starts ({windows['response_window_ms'][0]} ms)")
+    return {"name": top["name"], "description": top["description"], "reference": top["reference"],
+            "seed": top["seed"], "first_trial_s": top["first_trial_s"], "raw": top["raw"], "spikes": top["spikes"],
+            "drug": top["drug"], "checkpoint_every_trials": top["checkpoint_every_trials"],
+            "source_file": str(path), **windows}
+
+
+def load_pulse(doc: LocatedDoc, raw: dict, prefix: str = "pulse.") -> BiphasicPulse:
+    """A `pulse:` mapping, validated (unit, signed amplitudes, phase lengths)."""
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{doc.where(prefix.rstrip('.'))}: field '{prefix.rstrip('.')}' has value "
+                            f"{str(raw)[:80]}; allowed: a mapping of {', '.join(PULSE_SCHEMA)}")
+    v = validate_fields(doc, raw, PULSE_SCHEMA, prefix=prefix)
+    return BiphasicPulse(v["phase1_amplitude"], v["phase1_us"], v["phase2_amplitude"], v["phase2_us"],
+                         v["interphase_us"], v["unit"])
+
+
+def electrode_list(doc: LocatedDoc, value: Any, field_name: str) -> tuple[int, ...]:
+    """A non-empty list of unique electrode indices."""
+    where = doc.where(field_name)
+    if not isinstance(value, list) or not value:
+        raise ProtocolError(f"{where}: field '{field_name}' has value {str(value)[:80]}; allowed: a non-empty "
+                            "list of electrode indices")
+    for e in value:
+        if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e <= MAX_ELECTRODE:
+            raise ProtocolError(f"{where}: field '{field_name}' has electrode {str(e)[:80]}; allowed: integers "
+                                f"0 to {MAX_ELECTRODE}")
+    if len(set(value)) != len(value):
+        raise ProtocolError(f"{where}: field '{field_name}' repeats an electrode; allowed: unique indices")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
-class BssProtocol:
+class BssProtocol(ProtocolConfig):
     """A validated BSS protocol (all fields resolved, `extends` applied)."""
 
-    name: str
-    description: str
-    reference: str
-    seed: int
-    sessions: int
+    KIND: ClassVar[str] = "bss"
+
     trials_per_session: int
     isi_s: float
     rest_s: float
-    first_trial_s: float
     sequence: str
     source_p_on: float
     mixing: float
     group_a: tuple[int, ...]
     group_b: tuple[int, ...]
     pulse: BiphasicPulse
-    response_window_ms: tuple[float, float]
-    raw: str
-    raw_window_ms: tuple[float, float]
-    spikes: str
-    spike_window_ms: tuple[float, float]
-    drug: str
-    checkpoint_every_trials: int
-    source_file: str = ""
 
     @property
     def stim_electrodes(self) -> tuple[int, ...]:
@@ -117,9 +165,21 @@ class BssProtocol:
     def n_trials(self) -> int:
         return self.sessions * self.trials_per_session
 
-    def with_overrides(self, **fields: Any) -> "BssProtocol":
-        values = {**self.__dict__, **fields}
-        return BssProtocol(**values)
+    def make_protocol(self, seed: int, sample_rate_hz: float) -> "BssSchedule":
+        return BssSchedule(self, seed, sample_rate_hz)
+
+    def describe(self, plan: "BssSchedule") -> list[str]:
+        s, o = plan.session_sequence(1)
+        hours = plan.trial_time_s(self.n_trials - 1) / 3600.0
+        p = self.pulse
+        return [f"{self.name}: {self.sessions} sessions x {self.trials_per_session} trials, isi {self.isi_s} s, "
+                f"rest {self.rest_s} s, about {hours:.1f} h on a real rig",
+                f"mixing {self.mixing}; {len(self.group_a)} + {len(self.group_b)} stimulating electrodes; pulse "
+                f"{p.phase1_amplitude:g}/{p.phase2_amplitude:g} {p.unit}, {p.phase1_us:g}/{p.phase2_us:g} us",
+                f"response window {self.response_window_ms} ms; raw: {self.raw}; spikes: {self.spikes}; "
+                f"drug: {self.drug}; sequence: {self.sequence}",
+                f"session 1 (seed {self.seed}): P(s1)={s[:, 0].mean():.2f} P(s2)={s[:, 1].mean():.2f}, "
+                f"mean stimuli per step {o.sum(axis=1).mean():.1f}"]
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved protocol as it would be written in a file (no `extends`)."""
@@ -190,10 +250,74 @@ def _merged_doc(path: Path, depth: int = 0) -> LocatedDoc:
     return LocatedDoc(path, merged, dict(doc.lines))
 
 
-def load_protocol(name_or_path: str | Path) -> BssProtocol:
-    """Load and validate a protocol file; raise ProtocolError naming file, line, field, value, allowed."""
+MAX_SET_TEXT = 1000  # characters of one --set FIELD=VALUE
+
+
+def add_set_argument(parser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a protocol field (repeatable; dotted paths for nested fields, e.g. "
+                             "pulse.phase1_us=100; VALUE is YAML: 3, 0.5, [10, 30], none); validated as the file")
+
+
+def apply_overrides(doc: LocatedDoc, overrides: Sequence[str]) -> LocatedDoc:
+    """`FIELD=VALUE` settings applied to the (merged) protocol document before validation, so a bad value is
+    reported exactly as in the file, with `--set FIELD=VALUE` as its place."""
+    data = copy.deepcopy(doc.data)
+    lines = dict(doc.lines)
+    for text in overrides:
+        shown = text if len(text) <= 80 else text[:79] + "…"
+        if len(text) > MAX_SET_TEXT or "=" not in text:
+            raise ProtocolError(f"--set {shown!r}: allowed: FIELD=VALUE (at most {MAX_SET_TEXT} characters)")
+        path, value_text = text.split("=", 1)
+        keys = path.strip().split(".")
+        if not all(FIELD_NAME.fullmatch(k) for k in keys) or len(keys) > 4:
+            raise ProtocolError(f"--set {shown!r}: field {path.strip()[:80]!r}; allowed: a field name or a dotted "
+                                "path of up to 4 names (e.g. pulse.phase1_us)")
+        if "&" in value_text or "*" in value_text:
+            raise ProtocolError(f"--set {shown!r}: anchors and aliases (& *) are not allowed in a --set value")
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ProtocolError(f"--set {shown!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if isinstance(value, (dict, list)) and len(repr(value)) > MAX_SET_TEXT:
+            raise ProtocolError(f"--set {shown!r}: the value is too large")
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if not isinstance(child, dict):
+                raise ProtocolError(f"--set {shown!r}: {'.'.join(keys[:depth + 1])} is not a mapping of fields")
+            node = child
+        node[keys[-1]] = value
+        lines[".".join(keys)] = f"--set {shown}"
+    return LocatedDoc(doc.path, data, lines)
+
+
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def load_protocol(name_or_path: str | Path, overrides: Sequence[str] = ()) -> ProtocolConfig:
+    """Load and validate a protocol file of any kind, with `--set` overrides; raise ProtocolError naming file,
+    line (or the --set), field, value and what is allowed."""
     path = resolve_protocol_path(name_or_path)
-    doc = _merged_doc(path)
+    doc = apply_overrides(_merged_doc(path), overrides)
+    kind = doc.data.get("kind", "bss")
+    loader = protocol_kinds().get(kind) if isinstance(kind, str) else None
+    if loader is None:
+        raise ProtocolError(f"{doc.where('kind')}: field 'kind' has value {str(kind)[:80]!r}; allowed: "
+                            f"{', '.join(sorted(protocol_kinds()))}")
+    return loader(doc, path)
+
+
+def protocol_kinds() -> dict[str, Callable[[LocatedDoc, Path], ProtocolConfig]]:
+    """Every protocol kind and its loader: `bss` here, the others in the library package (rigctl.protocols)."""
+    from rigctl.protocols import electrode_scan, python_class, spontaneous
+
+    return {"bss": load_bss, electrode_scan.KIND: electrode_scan.load, spontaneous.KIND: spontaneous.load,
+            python_class.KIND: python_class.load}
+
+
+def load_bss(doc: LocatedDoc, path: Path) -> BssProtocol:
+    """Validate a BSS protocol document."""
     top = validate_fields(doc, doc.data, BSS_SCHEMA)
     pulse_raw = validate_fields(doc, top["pulse"], PULSE_SCHEMA, prefix="pulse.")
     pulse = BiphasicPulse(pulse_raw["phase1_amplitude"], pulse_raw["phase1_us"], pulse_raw["phase2_amplitude"],
@@ -257,19 +381,6 @@ def protocol_from_text(text: str, directory: Path) -> BssProtocol:
 
 # ---- the schedule -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class PlannedTrial:
-    """Everything about trial `index` (0-based over the run) that is known before it happens."""
-
-    index: int
-    session: int  # 1-based
-    trial: int  # 1-based within the session
-    sample: int
-    sources: np.ndarray  # uint8 [2]
-    stimuli: np.ndarray  # uint8 [n_stimuli]
-    command: StimCommand | None  # None when no stimulus channel is on
-
-
 def draw_sequence(protocol: BssProtocol, rng: np.random.Generator, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Hidden sources and stimuli by the mixing rule (spec §1.2): each stimulus copies s1 with
     probability `mixing` (group A) or 1 - `mixing` (group B), drawn independently per electrode and step."""
@@ -281,11 +392,12 @@ def draw_sequence(protocol: BssProtocol, rng: np.random.Generator, n_steps: int)
     return s, o
 
 
-class BssSchedule:
-    """The deterministic schedule of a BSS run: a pure function of protocol, seed and sample rate."""
+class BssSchedule(Protocol):
+    """The deterministic schedule of a BSS run: a pure function of protocol, seed and sample rate (open loop:
+    responses change nothing)."""
 
     def __init__(self, protocol: BssProtocol, seed: int, sample_rate_hz: float):
-        self.protocol = protocol
+        self.protocol = self.config = protocol
         self.seed = seed
         self.sample_rate_hz = sample_rate_hz
         self._root = np.random.SeedSequence([seed, 0x5EED])
@@ -324,7 +436,15 @@ class BssSchedule:
     def session_first_index(self, session: int) -> int:
         return (session - 1) * self.protocol.trials_per_session
 
-    def trial(self, index: int) -> PlannedTrial:
+    @property
+    def trial_fields(self) -> tuple[TrialField, ...]:
+        return (TrialField("sources", "u1", (2,), csv="s"),
+                TrialField("stimuli", "u1", (self.protocol.n_stimuli,), csv="o"))
+
+    def session_context(self, session: int) -> dict[str, Any]:
+        return {"stimuli": self.session_sequence(session)[1]}
+
+    def trial(self, index: int, now_sample: int = 0) -> PlannedTrial:
         if not 0 <= index < self.n_trials:
             raise IndexError(f"trial index {index} outside 0..{self.n_trials - 1}")
         p = self.protocol
@@ -334,7 +454,8 @@ class BssSchedule:
         sample = self.trial_sample(index)
         electrodes = tuple(int(e) for e, on in zip(p.stim_electrodes, stimuli) if on)
         command = StimCommand(sample, electrodes, p.pulse) if electrodes else None
-        return PlannedTrial(index, session0 + 1, trial0 + 1, sample, s[trial0].copy(), stimuli.copy(), command)
+        return PlannedTrial(index, session0 + 1, trial0 + 1, sample, command,
+                            {"sources": s[trial0].copy(), "stimuli": stimuli.copy()},
+                            last_in_session=trial0 + 1 == p.trials_per_session)
 
-    def ms_to_samples(self, ms: float) -> int:
-        return int(round(ms * 1e-3 * self.sample_rate_hz))
+

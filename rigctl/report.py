@@ -10,7 +10,7 @@ import numpy as np
 
 from rigctl.errors import StoreError
 from rigctl.export import load_run_info, load_run_trials
-from rigctl.store import read_jsonl
+from rigctl.store import read_jsonl, read_records
 
 #: run.json's `status` once the run has done all its trials; anything else (running, interrupted, failed) is not.
 COMPLETE = "complete"
@@ -186,19 +186,59 @@ def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def write_report(run_dir: Path, warn: Callable[[str], None] | None = None) -> Path:
-    """Write RUN_DIR/summary.json and the plots; return the summary's path. `warn` gets one line if the
-    run is not complete (`incomplete_warning`)."""
+    """Write RUN_DIR/summary.json and the plots of the run's protocol kind; return the summary's path. `warn`
+    gets one line if the run is not complete (`incomplete_warning`)."""
     run_dir = Path(run_dir)
-    summary = build_summary(run_dir)
+    kind = load_run_info(run_dir).meta.get("protocol_kind", "bss")  # runs before protocol kinds were BSS runs
+    summary, plotter = (build_summary(run_dir), plot_summary) if kind == "bss" else _kind_report(run_dir, kind)
     message = incomplete_warning(summary, run_dir)
     if message and warn is not None:
         warn(message)
     path = run_dir / "summary.json"
     try:
-        summary["plots"] = [p.name for p in plot_summary(summary, run_dir)]
+        summary["plots"] = [p.name for p in plotter(summary, run_dir)]
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
         tmp.replace(path)
     except OSError as exc:
         raise StoreError(f"{run_dir}: cannot write the report ({exc.strerror or exc})") from exc
     return path
+
+
+def _kind_report(run_dir: Path, kind: str) -> tuple[dict[str, Any], Callable[[dict, Path], list[Path]]]:
+    """The summary of a non-BSS run (common part, then the kind's own) and the function that plots it."""
+    from rigctl.yamlcheck import load_located
+
+    info = load_run_info(run_dir)
+    meta = info.meta
+    protocol = load_located(run_dir / "protocol.yaml", error=StoreError).data
+    trials = read_records(run_dir / "trials.bin", info.trial_dtype)
+    planned = _planned_trials(protocol, kind)
+    summary: dict[str, Any] = {
+        "protocol": meta.get("protocol"), "kind": kind, "seed": meta.get("seed"), "rig": meta.get("rig"),
+        "drug": meta.get("drug", "none"), "run_status": str(meta.get("status") or "not recorded"),
+        "rigctl_version": meta.get("rigctl_version"), "trials": int(len(trials)), "trials_planned": planned,
+        "sessions_completed": int(meta.get("status") == COMPLETE), "sessions_planned": 1,
+        "mean_evoked_per_trial": round(float(trials["counts"].sum(axis=1).mean()), 4) if len(trials) else None,
+    }
+    title = f"{summary['protocol']} seed {summary['seed']} ({summary['rig']})"
+    if kind == "electrode_scan":
+        from rigctl.report_scan import plot_scan, scan_summary
+
+        summary["scan"] = scan_summary(info, protocol)
+        return summary, lambda s, out: plot_scan(s, meta.get("rig_description", {}).get("layout"), out, title)
+    if kind == "spontaneous":
+        from rigctl.report_spontaneous import plot_spontaneous, spontaneous_summary
+
+        summary["spontaneous"] = spontaneous_summary(info, protocol)
+        fs = float(meta["sample_rate_hz"])
+        return summary, lambda s, out: plot_spontaneous(s, run_dir / "spikes.bin", fs, out, title)
+    return summary, lambda s, out: []  # a lab's Python protocol: its trials are in trials.bin (export trials)
+
+
+def _planned_trials(protocol: dict[str, Any], kind: str) -> int | None:
+    if kind == "electrode_scan":
+        return len(protocol.get("electrodes", [])) * int(protocol.get("repetitions", 0))
+    if kind == "spontaneous":
+        return 0
+    return None

@@ -15,9 +15,10 @@ import numpy as np
 
 import rigctl
 from rigctl.errors import RigctlError, SafetyViolation, StoreError
-from rigctl.loop import BssRunner, LoopConfig, LoopStats
+from rigctl.engine import Protocol, ProtocolConfig
+from rigctl.loop import LoopConfig, LoopStats, ProtocolRunner
 from rigctl.online import SelectivityTracker
-from rigctl.protocol import BssProtocol, BssSchedule, load_protocol
+from rigctl.protocol import load_protocol
 from rigctl.rigs import Rig, open_rig
 from rigctl.safety import GuardedStimulator
 from rigctl.store import SessionStore, check_new_run_dir, load_run_meta, read_trials
@@ -26,8 +27,13 @@ from rigctl.types import TrialRecord
 
 def stored_trial_records(run_dir: Path) -> list[TrialRecord]:
     t = read_trials(run_dir)
-    return [TrialRecord(int(r["session"]), int(r["trial"]), int(r["sample"]), r["sources"].copy(),
-                        r["stimuli"].copy(), r["counts"].copy()) for r in t]
+    declared = [name for name in t.dtype.names if name not in ("session", "trial", "sample", "counts")]
+    return [TrialRecord(int(r["session"]), int(r["trial"]), int(r["sample"]), r["counts"].copy(),
+                        {name: _field_value(r[name]) for name in declared}) for r in t]
+
+
+def _field_value(value):
+    return value.copy() if isinstance(value, np.ndarray) else value.item()
 
 
 @dataclass(frozen=True)
@@ -39,12 +45,13 @@ class RunOptions:
     realtime: bool = False
     chunk_ms: float | None = None
     progress: bool = True
+    overrides: tuple[str, ...] = ()  # --set FIELD=VALUE, applied to the protocol file before validation
 
 
 RUN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
-def default_out_dir(protocol: BssProtocol, seed: int) -> Path:
+def default_out_dir(protocol: ProtocolConfig, seed: int) -> Path:
     """runs/<name>-seed<N>-<time>; the name must be an identifier, so the directory stays under runs/."""
     if not RUN_NAME.fullmatch(protocol.name) or ".." in protocol.name:
         raise RigctlError(f"{protocol.source_file}: field 'name' has value {protocol.name[:80]!r}; allowed: an "
@@ -53,13 +60,17 @@ def default_out_dir(protocol: BssProtocol, seed: int) -> Path:
     return Path("runs") / f"{protocol.name}-seed{seed}-{stamp}"
 
 
-def _models(protocol: BssProtocol, n_electrodes: int) -> list:
-    models: list = [SelectivityTracker(n_electrodes)]
+def _models(protocol: Protocol, n_electrodes: int) -> list:
+    """The online models, for protocols whose trials carry hidden sources and stimuli (BSS)."""
+    names = {f.name: f for f in protocol.trial_fields}
+    if "sources" not in names or "stimuli" not in names:
+        return []
+    models: list = [SelectivityTracker(n_electrodes, n_sources=names["sources"].shape[0])]
     try:
         from rigctl.model.online import OnlineFreeEnergy
     except ImportError:
         return models
-    models.append(OnlineFreeEnergy(n_stimuli=protocol.n_stimuli))
+    models.append(OnlineFreeEnergy(n_stimuli=names["stimuli"].shape[0]))
     return models
 
 
@@ -78,45 +89,39 @@ def _signal_factory(rig: Rig):
     return make, asdict(config)
 
 
-def _check_protocol_fits_rig(protocol: BssProtocol, rig: Rig) -> None:
-    n = rig.amplifier.n_channels
-    bad = [e for e in protocol.stim_electrodes if e >= n]
-    if bad:
-        raise RigctlError(f"{protocol.source_file}: stim_groups name electrode(s) {bad}, but the rig has "
-                          f"electrodes 0..{n - 1}")
-    allowed = rig.limits.allowed_electrodes
-    if allowed is not None:
-        bad = [e for e in protocol.stim_electrodes if e not in allowed]
-        if bad:
-            raise RigctlError(f"{protocol.source_file}: stim_groups name electrode(s) {bad} that the rig's "
-                              "safety limits do not allow to stimulate")
+def _check_plan(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, first_trial: int = 0) -> None:
+    """Every command the run will send (open loop), or every command a closed-loop protocol may send,
+    checked against every safety limit and the device before the first is sent; a violation names the
+    protocol file, the trial and the rig's limits."""
+    cfg = protocol.config
+    rig_name = rig.description.get("path") or rig.description.get("kind", "the rig")
+    if protocol.open_loop:
+        commands = (c for c in (protocol.trial(i, 0).command for i in range(first_trial, protocol.n_trials))
+                    if c is not None)
+        check = guarded.check_plan
+    else:
+        commands = list(protocol.candidate_commands())
 
-
-def _check_plan(protocol: BssProtocol, schedule: BssSchedule, guarded: GuardedStimulator, rig: Rig,
-                first_trial: int = 0) -> None:
-    """Every command the run will send, checked against every safety limit and the device before the first
-    is sent; a violation names the protocol file, the trial and the rig's limit."""
-    commands = (c for c in (schedule.trial(i).command for i in range(first_trial, schedule.n_trials)) if c is not None)
+        def check(cs):  # each shape alone: the rate of a closed-loop protocol is checked as it sends
+            for c in cs:
+                guarded.check_plan([c])
     try:
-        guarded.limits.check_pulse(protocol.pulse)
-        guarded.check_plan(commands)
+        check(commands)
     except SafetyViolation as exc:
-        rig_name = rig.description.get("path") or rig.description.get("kind", "the rig")
-        raise SafetyViolation(f"{protocol.source_file}: field 'pulse'/'stim_groups'/'isi_s': {exc} "
-                              f"(limits of {rig_name})") from exc
+        raise SafetyViolation(f"{cfg.source_file}: {exc} (limits of {rig_name})") from exc
 
 
-def _make_runner(protocol: BssProtocol, schedule: BssSchedule, guarded: GuardedStimulator, rig: Rig,
-                 store: SessionStore, options: RunOptions, publisher=None) -> BssRunner:
+def _make_runner(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, store: SessionStore,
+                 options: RunOptions, publisher=None) -> ProtocolRunner:
     make_signal = _signal_factory(rig)[0]
     config = LoopConfig(realtime=options.realtime, progress=options.progress)
-    return BssRunner(protocol, schedule, rig.amplifier, guarded, store, _models(protocol, rig.amplifier.n_channels),
-                     make_signal, config, publisher=publisher, rig_state=rig.state)
+    return ProtocolRunner(protocol, rig.amplifier, guarded, store, _models(protocol, rig.amplifier.n_channels),
+                          make_signal, config, publisher=publisher, rig_state=rig.state)
 
 
-def _guard(protocol: BssProtocol, seed: int, rig: Rig) -> tuple[BssSchedule, GuardedStimulator]:
-    schedule = BssSchedule(protocol, seed, rig.amplifier.sample_rate_hz)
-    return schedule, GuardedStimulator(rig.stimulator, rig.limits, rig.amplifier.sample_rate_hz)
+def _guard(cfg: ProtocolConfig, seed: int, rig: Rig) -> tuple[Protocol, GuardedStimulator]:
+    protocol = cfg.make_protocol(seed, rig.amplifier.sample_rate_hz)
+    return protocol, GuardedStimulator(rig.stimulator, rig.limits, rig.amplifier.sample_rate_hz)
 
 
 def _sigterm_as_interrupt() -> None:
@@ -130,7 +135,7 @@ def _sigterm_as_interrupt() -> None:
 
 def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, publisher=None,
               rig_factory=open_rig) -> Path:
-    protocol = load_protocol(protocol_ref)
+    protocol = load_protocol(protocol_ref, options.overrides)
     overrides: dict[str, Any] = {}
     if options.sessions is not None:
         if not 1 <= options.sessions <= protocol.sessions:
@@ -148,9 +153,8 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
     rig = rig_factory(options.rig, seed=seed, drug=protocol.drug, realtime=options.realtime,
                       chunk_ms=options.chunk_ms)
     try:
-        _check_protocol_fits_rig(protocol, rig)
-        schedule, guarded = _guard(protocol, seed, rig)
-        _check_plan(protocol, schedule, guarded, rig)
+        plan, guarded = _guard(protocol, seed, rig)
+        _check_plan(plan, guarded, rig)
         signal_config = _signal_factory(rig)[1]
         meta = {
             "rigctl_version": rigctl.__version__,
@@ -167,18 +171,26 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
             "chunk_ms": options.chunk_ms,
             "signal_config": signal_config,
             "safety_limits": rig.limits.to_dict(),
-            "shapes": {"n_sources": 2, "n_stimuli": protocol.n_stimuli, "n_electrodes": rig.amplifier.n_channels},
+            "protocol_kind": protocol.kind,
+            "shapes": _shapes(plan, rig.amplifier.n_channels),
+            "trial_fields": [f.to_json() for f in plan.trial_fields],
             "sample_rate_hz": rig.amplifier.sample_rate_hz,
             "platform": {"python": platform.python_version(), "numpy": np.__version__},
             "status": "running",
         }
         store = SessionStore.create(out, meta, {"protocol.yaml": protocol.to_yaml()})
         store.append_event("run_start", seed=seed)
-        runner = _make_runner(protocol, schedule, guarded, rig, store, options, publisher)
+        runner = _make_runner(plan, guarded, rig, store, options, publisher)
         _execute(runner, store)
     finally:
         rig.close()
     return out
+
+
+def _shapes(protocol: Protocol, n_electrodes: int) -> dict[str, int]:
+    """run.json `shapes`: the electrode count, and for BSS the source and stimulus counts (older readers)."""
+    shapes = {f"n_{f.name}": f.shape[0] for f in protocol.trial_fields if f.name in ("sources", "stimuli")}
+    return {**shapes, "n_electrodes": n_electrodes}
 
 
 def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=open_rig) -> Path:
@@ -201,8 +213,8 @@ def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=o
                       chunk_ms=options.chunk_ms)
     try:
         store = SessionStore.open_existing(run_dir)
-        schedule, guarded = _guard(protocol, seed, rig)
-        runner = _make_runner(protocol, schedule, guarded, rig, store, options, publisher)
+        plan, guarded = _guard(protocol, seed, rig)
+        runner = _make_runner(plan, guarded, rig, store, options, publisher)
         checkpoint = store.read_checkpoint()
         if rig.state is not None:
             if checkpoint is not None:
@@ -213,7 +225,7 @@ def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=o
         else:
             store.drop_torn_records()
             runner.continue_from(stored_trial_records(run_dir))
-        _check_plan(protocol, schedule, guarded, rig, first_trial=runner.next_to_schedule)
+        _check_plan(plan, guarded, rig, first_trial=runner.next_to_schedule)
         store.append_event("resume", trials_done=runner.n_done)
         store.update_meta(status="running")
         _execute(runner, store)
@@ -222,7 +234,7 @@ def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=o
     return run_dir
 
 
-def _execute(runner: BssRunner, store: SessionStore) -> LoopStats:
+def _execute(runner: ProtocolRunner, store: SessionStore) -> LoopStats:
     _sigterm_as_interrupt()
     try:
         stats = runner.run()

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from rigctl.checkpoint import read_checkpoint_file, write_checkpoint_file
+from rigctl.engine import TrialField, trial_dtype
 from rigctl.errors import StoreError
 from rigctl.types import SpikeEvents, StimCommand, TrialRecord
 
@@ -40,10 +41,9 @@ APPEND_FILES = ("trials.bin", "spikes.bin", "stims.bin", "raw.bin", "raw_index.b
                 "model_sessions.jsonl")
 
 
-def trial_dtype(n_sources: int, n_stimuli: int, n_electrodes: int) -> np.dtype:
-    return np.dtype([("session", "<i4"), ("trial", "<i4"), ("sample", "<i8"),
-                     ("sources", "u1", (n_sources,)), ("stimuli", "u1", (n_stimuli,)),
-                     ("counts", "<i4", (n_electrodes,))])
+def bss_trial_fields(n_sources: int, n_stimuli: int) -> tuple[TrialField, ...]:
+    """The trial fields of a BSS run (and of every run made before protocols declared their fields)."""
+    return (TrialField("sources", "u1", (n_sources,), csv="s"), TrialField("stimuli", "u1", (n_stimuli,), csv="o"))
 
 
 def read_records(path: Path, dtype: np.dtype) -> np.ndarray:
@@ -62,9 +62,16 @@ class RunInfo:
     meta: dict[str, Any]
 
     @property
-    def trial_dtype(self) -> np.dtype:
+    def trial_fields(self) -> tuple[TrialField, ...]:
+        """The protocol's declared trial fields (run.json `trial_fields`; runs before that are BSS runs)."""
+        if "trial_fields" in self.meta:
+            return tuple(TrialField.from_json(item) for item in self.meta["trial_fields"])
         shp = self.meta["shapes"]
-        return trial_dtype(shp["n_sources"], shp["n_stimuli"], shp["n_electrodes"])
+        return bss_trial_fields(shp["n_sources"], shp["n_stimuli"])
+
+    @property
+    def trial_dtype(self) -> np.dtype:
+        return trial_dtype(self.trial_fields, self.meta["shapes"]["n_electrodes"])
 
 
 class SessionStore:
@@ -74,6 +81,8 @@ class SessionStore:
         self.path = Path(path)
         self.meta = meta
         self.info = RunInfo(self.path, meta)
+        self._trial_dtype = self.info.trial_dtype
+        self._trial_field_names = [f.name for f in self.info.trial_fields]
         self._files = {name: open(self.path / name, "ab") for name in APPEND_FILES}
         self._raw_offset = (self.path / "raw.bin").stat().st_size
 
@@ -122,10 +131,10 @@ class SessionStore:
 
     # ---- appending -----------------------------------------------------------------------------
     def append_trial(self, trial: TrialRecord) -> None:
-        rec = np.zeros(1, self.info.trial_dtype)
+        rec = np.zeros(1, self._trial_dtype)
         rec["session"], rec["trial"], rec["sample"] = trial.session, trial.trial, trial.sample
-        rec["sources"][0] = trial.sources
-        rec["stimuli"][0] = trial.stimuli
+        for name in self._trial_field_names:
+            rec[name][0] = trial.fields[name]
         rec["counts"][0] = trial.counts
         self._files["trials.bin"].write(rec.tobytes())
 

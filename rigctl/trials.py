@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rigctl.protocol import PlannedTrial
+from rigctl.engine import PlannedTrial
 from rigctl.types import SpikeEvents, TrialRecord
 
 
@@ -20,8 +20,7 @@ class OpenTrial:
     counts: np.ndarray  # int32 [n_channels]
 
     def record(self) -> TrialRecord:
-        p = self.planned
-        return TrialRecord(p.session, p.trial, p.sample, p.sources, p.stimuli, self.counts.copy())
+        return self.planned.record(self.counts.copy())
 
 
 class TrialWindows:

@@ -115,14 +115,28 @@ class StimCommand:
 
 @dataclass(frozen=True, eq=False)
 class TrialRecord:
-    """One step of a protocol: hidden sources, the stimulus pattern and the evoked counts."""
+    """One trial of a protocol: where it sits, the protocol's own trial fields, and the evoked counts."""
 
     session: int  # 1-based
     trial: int  # 1-based within the session
     sample: int  # the pulse's sample index (nominal onset when nothing was stimulated)
-    sources: np.ndarray  # uint8 [n_sources]
-    stimuli: np.ndarray  # uint8 [n_stimuli], 0/1 per stimulus channel of the protocol
     counts: np.ndarray  # int32 [n_recording_electrodes], evoked spikes in the response window
+    fields: dict = field(default_factory=dict)  # the protocol's declared trial fields (BSS: sources, stimuli)
+
+    @property
+    def sources(self) -> np.ndarray:
+        """BSS: hidden sources, uint8 [n_sources]."""
+        return self.fields["sources"]
+
+    @property
+    def stimuli(self) -> np.ndarray:
+        """BSS: the stimulus pattern, uint8 [n_stimuli], 0/1 per stimulus channel of the protocol."""
+        return self.fields["stimuli"]
+
+    @staticmethod
+    def bss(session: int, trial: int, sample: int, sources: np.ndarray, stimuli: np.ndarray,
+            counts: np.ndarray) -> "TrialRecord":
+        return TrialRecord(session, trial, sample, counts, {"sources": sources, "stimuli": stimuli})
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,20 @@ from rigctl.errors import ProtocolError
 
 @dataclass
 class LocatedDoc:
-    """A parsed YAML mapping plus the 1-based line of every key path ("pulse.phase1_us")."""
+    """A parsed YAML mapping plus the 1-based line of every key path ("pulse.phase1_us"); a field set on the
+    command line has its origin instead ("--set pulse.phase1_us=100")."""
 
     path: Path
     data: dict[str, Any]
-    lines: dict[str, int]
+    lines: dict[str, int | str]
 
     def where(self, field: str) -> str:
         line = self.lines.get(field)
         while line is None and "." in field:
             field = field.rsplit(".", 1)[0]
             line = self.lines.get(field)
+        if isinstance(line, str):
+            return f"{self.path}: {line}"
         return f"{self.path}:{line}" if line else f"{self.path}"
 
 

@@ -48,7 +48,7 @@ def test_out_naming_a_file_or_an_unwritable_place_is_refused(capsys, tmp_path):
 
 @pytest.mark.parametrize("rig, expected", [
     # the reference protocol stimulates 32 electrodes; a Pulse Pal drives four
-    ("pulsepal_sim.yaml", "that the rig's safety limits do not allow to stimulate"),
+    ("pulsepal_sim.yaml", "are not in the rig's safety.allowed_electrodes"),
 ])
 def test_a_protocol_the_rig_cannot_deliver_is_refused_before_the_run_directory(capsys, tmp_path, rig, expected):
     code, err = run_cli(capsys, "isomura2023_bss", "--rig", str(RIGS / rig), "--out", str(tmp_path / "r"),

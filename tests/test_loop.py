@@ -182,7 +182,7 @@ class Collector:
 
 
 def _realtime_runner(small_protocol, tmp_path, reactions):
-    from rigctl.loop import BssRunner, LoopConfig
+    from rigctl.loop import LoopConfig, ProtocolRunner
     from rigctl.safety import GuardedStimulator
     from rigctl.store import SessionStore
     protocol = load_protocol(small_protocol).with_overrides(sessions=1, trials_per_session=3)
@@ -191,7 +191,7 @@ def _realtime_runner(small_protocol, tmp_path, reactions):
             "shapes": {"n_sources": 2, "n_stimuli": 32, "n_electrodes": 64}}
     store = SessionStore.create(tmp_path / "rt", meta, {})
     publisher = Collector()
-    runner = BssRunner(protocol, BssSchedule(protocol, 0, 25000.0), rig.amplifier,
+    runner = ProtocolRunner(protocol.make_protocol(0, 25000.0), rig.amplifier,
                        GuardedStimulator(rig.stimulator, rig.limits, 25000.0), store, [], None,
                        LoopConfig(realtime=True, progress=False), publisher=publisher, rig_state=rig.state,
                        reactions=reactions)

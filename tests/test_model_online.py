@@ -78,7 +78,7 @@ def test_predictions_use_nothing_from_the_future():
             idx = np.flatnonzero(data.sess == k)
             got.append(m.begin_session(int(label), data.o[idx]))
             for n, t in enumerate(idx, 1):
-                m.update(TrialRecord(int(label), n, int(t), data.s[t], data.o[t], data.r[t].astype(np.int32)))
+                m.update(TrialRecord.bss(int(label), n, int(t), data.s[t], data.o[t], data.r[t].astype(np.int32)))
             m.end_session(int(label))
         payloads.append(got)
     a, b = payloads
@@ -102,7 +102,7 @@ def test_state_round_trip_mid_session_resumes_identically():
                 state = through_checkpoint(m.get_state())
                 m = OnlineFreeEnergy(32, N_INIT, lam=300.0)
                 m.set_state(state)
-            m.update(TrialRecord(int(label), n, int(t), tr.s[t], tr.o[t], tr.r[t].astype(np.int32)))
+            m.update(TrialRecord.bss(int(label), n, int(t), tr.s[t], tr.o[t], tr.r[t].astype(np.int32)))
         m.end_session(int(label))
     assert [p["L"] for p in m.sessions] == [p["L"] for p in full.sessions]
     assert m.summary() == full.summary()
@@ -116,7 +116,7 @@ def test_payloads_are_json_and_summary_complete():
         p = m.begin_session(int(label), tr.o[idx])
         json.dumps(p, allow_nan=False)
         for n, t in enumerate(idx, 1):
-            m.update(TrialRecord(int(label), n, int(t), tr.s[t], tr.o[t], tr.r[t].astype(np.int32)))
+            m.update(TrialRecord.bss(int(label), n, int(t), tr.s[t], tr.o[t], tr.r[t].astype(np.int32)))
         e = m.end_session(int(label))
         json.dumps(e, allow_nan=False)
         if k >= N_INIT:

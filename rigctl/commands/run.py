@@ -9,13 +9,14 @@ from pathlib import Path
 
 from rigctl.commands import _argtypes
 from rigctl.errors import RigctlError
-from rigctl.protocol import DRUGS
+from rigctl.protocol import DRUGS, add_set_argument
 from rigctl.session import RunOptions, resume_run, start_run
 
 
 def _run(args: argparse.Namespace) -> int:
     options = RunOptions(rig=args.rig, seed=args.seed, sessions=args.sessions, drug=args.drug,
-                         realtime=args.realtime, chunk_ms=args.chunk_ms, progress=not args.no_progress)
+                         realtime=args.realtime, chunk_ms=args.chunk_ms, progress=not args.no_progress,
+                         overrides=tuple(args.set))
     publisher = None
     if args.stream:
         from rigctl.stream import Publisher
@@ -23,8 +24,8 @@ def _run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         if args.resume:
-            if args.protocol:
-                raise RigctlError("give either PROTOCOL or --resume RUN_DIR, not both")
+            if args.protocol or args.set:
+                raise RigctlError("give either PROTOCOL (with --set) or --resume RUN_DIR, not both")
             run_dir = resume_run(Path(args.resume), options, publisher)
         else:
             if not args.protocol:
@@ -53,6 +54,7 @@ def register(sub) -> None:
                     "`rigctl run --resume RUN_DIR`.")
     p.add_argument("protocol", nargs="?", metavar="PROTOCOL",
                    help="protocol YAML path or library name (e.g. isomura2023_bss, isomura2023_bss_mix0)")
+    add_set_argument(p)
     p.add_argument("--rig", default="sim-events",
                    help="sim (voltage through the whole signal path), sim-events (the network's spike events, "
                         "fast), or a rig file rigs/<name>.yaml (default: sim-events)")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from rigctl.errors import ProtocolError
-from rigctl.protocol import BssSchedule, load_protocol
+from rigctl.protocol import add_set_argument, load_protocol
 from rigctl.safety import SafetyLimits
 
 
@@ -15,21 +15,16 @@ def _validate(args: argparse.Namespace) -> int:
     if given.is_dir() and (given / "run.json").is_file():
         raise ProtocolError(f"{given}: is a run directory, not a protocol file; validate its protocol: "
                             f"{given / 'protocol.yaml'}")
-    protocol = load_protocol(args.protocol)
-    SafetyLimits().check_pulse(protocol.pulse)
-    schedule = BssSchedule(protocol, protocol.seed, 25000.0)
-    s, o = schedule.session_sequence(1)
-    hours = schedule.trial_time_s(protocol.n_trials - 1) / 3600.0
-    print(f"{protocol.source_file}: OK")
-    print(f"  {protocol.name}: {protocol.sessions} sessions x {protocol.trials_per_session} trials, "
-          f"isi {protocol.isi_s} s, rest {protocol.rest_s} s, about {hours:.1f} h on a real rig")
-    print(f"  mixing {protocol.mixing}; {len(protocol.group_a)} + {len(protocol.group_b)} stimulating electrodes; "
-          f"pulse {protocol.pulse.phase1_amplitude:g}/{protocol.pulse.phase2_amplitude:g} {protocol.pulse.unit}, "
-          f"{protocol.pulse.phase1_us:g}/{protocol.pulse.phase2_us:g} us")
-    print(f"  response window {protocol.response_window_ms} ms; raw: {protocol.raw}; spikes: {protocol.spikes}; "
-          f"drug: {protocol.drug}; sequence: {protocol.sequence}")
-    print(f"  session 1 (seed {protocol.seed}): P(s1)={s[:, 0].mean():.2f} P(s2)={s[:, 1].mean():.2f}, "
-          f"mean stimuli per step {o.sum(axis=1).mean():.1f}")
+    protocol = load_protocol(args.protocol, overrides=args.set)
+    plan = protocol.make_protocol(protocol.seed, 25000.0)
+    limits = SafetyLimits()
+    for command in (plan.trial(i, 0).command for i in range(min(plan.n_trials, 1000))) if plan.open_loop \
+            else plan.candidate_commands():
+        if command is not None:
+            limits.check_pulse(command.pulse)
+    print(f"{protocol.source_file}: OK ({protocol.kind})")
+    for line in protocol.describe(plan):
+        print(f"  {line}")
     return 0
 
 
@@ -38,4 +33,5 @@ def register(sub) -> None:
                        description="Validate a protocol file (path or library name) and print what it will do; "
                                    "errors name the file, line, field, bad value and what is allowed.")
     p.add_argument("protocol", metavar="PROTOCOL", help="protocol YAML path or library name")
+    add_set_argument(p)
     p.set_defaults(func=_validate)

@@ -28,7 +28,7 @@ def replay(tr: Trials, model: OnlineFreeEnergy) -> OnlineFreeEnergy:
         idx = np.flatnonzero(tr.sess == k)
         model.begin_session(int(label), tr.o[idx])
         for n, t in enumerate(idx, start=1):
-            model.update(TrialRecord(int(label), n, int(t), tr.s[t], tr.o[t], counts[t]))
+            model.update(TrialRecord.bss(int(label), n, int(t), tr.s[t], tr.o[t], counts[t]))
         model.end_session(int(label))
     return model
 

@@ -1,0 +1,105 @@
+"""Report of a spontaneous recording: firing rate per electrode and network bursts.
+
+Bursts by the ISI_N method (Bakkum et al., "Parameters for burst detection", Front. Comput. Neurosci.
+7:193, 2014): on the spike train of the whole array, spike i starts a burst window when the spike N-1
+later falls within ISI_N of it; overlapping windows merge into one burst. A network burst must involve
+at least `burst_min_electrodes` electrodes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rigctl.store import RunInfo, read_spikes
+
+
+def detect_bursts(sample: np.ndarray, channel: np.ndarray, n: int, isi_n_samples: int,
+                  min_electrodes: int) -> list[tuple[int, int, int, int]]:
+    """(first sample, last sample, spikes, electrodes) of each burst in a time-sorted spike train."""
+    if len(sample) < n:
+        return []
+    starts = np.flatnonzero(sample[n - 1:] - sample[:len(sample) - n + 1] <= isi_n_samples)
+    bursts = []
+    if len(starts) == 0:
+        return bursts
+    # window i covers spikes i..i+n-1; merge windows that overlap or touch
+    begin, end = int(starts[0]), int(starts[0]) + n - 1
+    for i in starts[1:]:
+        i = int(i)
+        if i <= end:
+            end = max(end, i + n - 1)
+        else:
+            bursts.append((begin, end))
+            begin, end = i, i + n - 1
+    bursts.append((begin, end))
+    out = []
+    for a, b in bursts:
+        electrodes = len(np.unique(channel[a:b + 1]))
+        if electrodes >= min_electrodes:
+            out.append((int(sample[a]), int(sample[b]), b - a + 1, electrodes))
+    return out
+
+
+def spontaneous_summary(info: RunInfo, protocol: dict[str, Any]) -> dict[str, Any]:
+    fs = float(info.meta["sample_rate_hz"])
+    n_electrodes = info.meta["shapes"]["n_electrodes"]
+    start = int(round(float(protocol["first_trial_s"]) * fs))  # the lead-in is not analysed
+    spikes = read_spikes(info.path)
+    spikes = spikes[spikes["sample"] >= start]
+    order = np.argsort(spikes["sample"], kind="stable")
+    sample, channel = spikes["sample"][order], spikes["channel"][order]
+    recorded_s = max((int(sample[-1]) - start) / fs if len(sample) else 0.0, 0.0)
+    duration_s = float(protocol["duration_s"])
+    if info.meta.get("status") != "complete":
+        duration_s = max(recorded_s, 1e-9)  # an unfinished run: rates over what was recorded
+    rates = np.bincount(channel, minlength=n_electrodes)[:n_electrodes] / duration_s
+    n, isi_n_ms = int(protocol["burst_n"]), float(protocol["burst_isi_n_ms"])
+    bursts = detect_bursts(sample, channel, n, int(round(isi_n_ms * 1e-3 * fs)), int(protocol["burst_min_electrodes"]))
+    durations_ms = [(b - a) / fs * 1000 for a, b, _, _ in bursts]
+    return {
+        "duration_s": round(duration_s, 3), "spikes": int(len(sample)),
+        "firing_rate_hz": np.round(rates, 4).tolist(),
+        "mean_firing_rate_hz": round(float(rates.mean()), 4),
+        "active_electrodes": int((rates >= 0.1).sum()),
+        "bursts": {"method": "ISI_N (Bakkum et al., Front. Comput. Neurosci. 7:193, 2014)", "n": n,
+                   "isi_n_ms": isi_n_ms, "min_electrodes": int(protocol["burst_min_electrodes"]),
+                   "count": len(bursts), "rate_per_min": round(len(bursts) / duration_s * 60, 4),
+                   "mean_duration_ms": round(float(np.mean(durations_ms)), 3) if bursts else None,
+                   "mean_spikes": round(float(np.mean([b[2] for b in bursts])), 2) if bursts else None,
+                   "list": [{"start_s": round(a / fs, 4), "end_s": round(b / fs, 4), "spikes": k, "electrodes": m}
+                            for a, b, k, m in bursts[:1000]]},
+    }
+
+
+def plot_spontaneous(summary: dict[str, Any], spikes_path: Path, fs: float, out_dir: Path, title: str) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rigctl.store import SPIKE_DTYPE, read_records
+
+    sp = summary["spontaneous"]
+    rates = np.asarray(sp["firing_rate_hz"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    spikes = read_records(spikes_path, SPIKE_DTYPE)
+    shown = spikes[: 200_000]
+    axes[0].plot(shown["sample"] / fs, shown["channel"], "k|", ms=2)
+    for b in sp["bursts"]["list"]:
+        axes[0].axvspan(b["start_s"], b["end_s"], color="r", alpha=0.2)
+    axes[0].set(xlabel="time (s)", ylabel="electrode", title=f"raster ({sp['bursts']['count']} network bursts)")
+    if len(rates) == 64:
+        im = axes[1].imshow(rates.reshape(8, 8), cmap="viridis")
+        fig.colorbar(im, ax=axes[1], label="Hz")
+        axes[1].set(title="firing rate per electrode (8 x 8)")
+    else:
+        axes[1].bar(np.arange(len(rates)), rates)
+        axes[1].set(xlabel="electrode", ylabel="Hz", title="firing rate per electrode")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = out_dir / "spontaneous.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
