@@ -36,6 +36,7 @@ SCHEMA = {
 @dataclass(frozen=True)
 class ElectrodeScanConfig(ProtocolConfig):
     KIND: ClassVar[str] = KIND
+    NOT_IN_FILE: ClassVar[tuple[str, ...]] = ("source_file", "sessions")  # always one session
 
     electrodes: tuple[int, ...]
     repetitions: int

@@ -34,6 +34,7 @@ SCHEMA = {
 @dataclass(frozen=True)
 class SpontaneousConfig(ProtocolConfig):
     KIND: ClassVar[str] = KIND
+    NOT_IN_FILE: ClassVar[tuple[str, ...]] = ("source_file", "sessions")  # always one session
 
     duration_s: float
     burst_n: int

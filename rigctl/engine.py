@@ -96,6 +96,7 @@ class ProtocolConfig(ABC):
     (validated by `rigctl.protocol.COMMON_SCHEMA`); each kind is a frozen dataclass adding its own fields."""
 
     KIND: ClassVar[str] = ""
+    NOT_IN_FILE: ClassVar[tuple[str, ...]] = ("source_file",)  # fields a protocol file of this kind does not have
 
     name: str
     description: str
@@ -123,7 +124,7 @@ class ProtocolConfig(ABC):
         """The resolved protocol as it would be written in a file (no `extends`)."""
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         for f in fields(self):
-            if f.name not in ("name", "source_file"):
+            if f.name != "name" and f.name not in self.NOT_IN_FILE:
                 out[f.name] = _plain(getattr(self, f.name))
         return out
 

@@ -4,12 +4,19 @@ A protocol file is validated whole before anything touches a rig; a variant may 
 and override fields (the 0 % and 50 % mixing variants override `mixing`). The schedule is a pure function
 of (protocol, seed, sample rate): trial k always gets the same sources, stimuli and sample index, which
 is what makes resume and the hardware-in-the-loop comparisons exact.
+
+Protocol files may come from anyone, so loading is bounded (rigctl.yamlcheck), every number must be finite
+and in range, the name must be an identifier (it names the run directory), `extends` only reaches .yaml
+files, and the work a valid protocol may ask for is capped (MAX_TRIALS, MAX_SEQUENCE_CELLS, MAX_WINDOW_MS).
 """
 
 from __future__ import annotations
 
 import copy
+import errno
+import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,23 +28,52 @@ import yaml
 from rigctl.engine import PlannedTrial, Protocol, ProtocolConfig, TrialField
 from rigctl.errors import ProtocolError
 from rigctl.types import BiphasicPulse, StimCommand
-from rigctl.yamlcheck import Field, LocatedDoc, in_range, load_located, one_of, validate_fields
+from rigctl.yamlcheck import (Field, LocatedDoc, clip, in_range, is_finite_number, load_located, one_of, show,
+                              show_path, validate_fields)
 
 DRUGS = ("none", "bicuculline", "diazepam", "apv")
 MAX_ELECTRODE = 4095
+# The name becomes the run directory runs/<name>-seed...: an identifier, so it cannot leave runs/.
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+NAME_ALLOWED = ("an identifier matching ^[A-Za-z][A-Za-z0-9_.-]{0,63}$ without '..' "
+                "(it names the run directory runs/<name>-seed...)")
+# Work a valid protocol may ask for (a protocol file must not be able to exhaust the machine):
+MAX_TRIALS = 10_000_000  # sessions x trials_per_session
+MAX_SEQUENCE_CELLS = 1 << 22  # trials_per_session x stimuli: one session's draw is 8 bytes per cell
+MAX_WINDOW_MS = 10_000  # raw and spike windows lie within +-10 s of their pulse (the run waits for them)
+SESSION_CACHE = 4  # `sequence: fresh` sessions kept drawn (they are recomputed identically on demand)
+MAX_EXTENDS_DEPTH = 8
+MAX_EXTENDS_NAME = 255
+YAML_SUFFIXES = (".yaml", ".yml")
+EXTENDS_ALLOWED = f"the file name of another protocol (ending .yaml or .yml, at most {MAX_EXTENDS_NAME} characters)"
 
 
-def _window(max_ms: float | None = None):
+def _identifier(v: str) -> str | None:
+    return None if NAME_PATTERN.fullmatch(v) and ".." not in v else f"allowed: {NAME_ALLOWED}"
+
+
+def _window(max_ms: float | None = None) -> Callable[[Any], str | None]:
+    """[start_ms, end_ms] relative to the pulse: within 0..max_ms when given (the response window, which must
+    end before the next trial), else within +-MAX_WINDOW_MS. Written so NaN and infinity never pass."""
+    lo, hi = (0, max_ms) if max_ms is not None else (-MAX_WINDOW_MS, MAX_WINDOW_MS)
+
     def check(v: Any) -> str | None:
-        if (not isinstance(v, list) or len(v) != 2
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-            return "allowed: a list [start_ms, end_ms] of two numbers"
-        if not v[0] < v[1]:
-            return "allowed: start_ms < end_ms"
-        if max_ms is not None and (v[0] < 0 or v[1] > max_ms):
-            return f"allowed: 0 <= start_ms < end_ms <= {max_ms}"
+        if not isinstance(v, list) or len(v) != 2 or not all(is_finite_number(x) for x in v):
+            return "allowed: a list [start_ms, end_ms] of two finite numbers"
+        if not lo <= v[0] < v[1] <= hi:
+            return f"allowed: {lo} <= start_ms < end_ms <= {hi}"
         return None
     return check
+
+
+def work_problem(sessions: int, trials_per_session: int, n_stimuli: int) -> str | None:
+    """Why a protocol of this size would ask for too much (trials, or memory for one session's draw), or None."""
+    if sessions * trials_per_session > MAX_TRIALS:
+        return f"allowed: sessions x trials_per_session <= {MAX_TRIALS} (sessions = {sessions})"
+    if trials_per_session * n_stimuli > MAX_SEQUENCE_CELLS:
+        return (f"allowed: trials_per_session x stimulating electrodes <= {MAX_SEQUENCE_CELLS} "
+                f"({n_stimuli} electrodes)")
+    return None
 
 
 PULSE_SCHEMA = {
@@ -51,7 +87,7 @@ PULSE_SCHEMA = {
 }
 
 BSS_SCHEMA = {
-    "name": Field(str, required=True, allowed="a short identifier"),
+    "name": Field(str, required=True, check=_identifier, allowed=NAME_ALLOWED),
     "kind": Field(str, "bss", check=one_of(["bss"])),
     "description": Field(str, ""),
     "reference": Field(str, ""),
@@ -210,35 +246,68 @@ def library_dir() -> Path:
     return Path(str(resources.files("rigctl.protocols")))
 
 
+def _present(path: Path) -> bool:
+    """True when `path` names something the loader should open and explain (a symlink loop or an unreadable
+    file included); False when nothing is there. Never raises (too-long names, NUL bytes)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)
+    except ValueError:
+        return False
+    return True
+
+
+def _library_names() -> str:
+    return ", ".join(sorted(q.stem for q in library_dir().glob("*.yaml")))
+
+
 def resolve_protocol_path(name_or_path: str | Path) -> Path:
     """A path as given, else a name in the library (with or without `.yaml`)."""
     p = Path(name_or_path)
-    if p.exists():
+    if _present(p):
         return p
     lib = library_dir()
     for candidate in (lib / str(name_or_path), lib / f"{name_or_path}.yaml"):
-        if candidate.exists():
+        if _present(candidate):
             return candidate
-    available = ", ".join(sorted(q.stem for q in lib.glob("*.yaml")))
-    raise ProtocolError(f"{name_or_path}: no such protocol file, and no library protocol of that name "
-                        f"(library: {available})")
+    raise ProtocolError(f"{show_path(str(name_or_path))}: no such protocol file, and no library protocol of that name "
+                        f"(library: {_library_names()})")
 
 
-def _merged_doc(path: Path, depth: int = 0) -> LocatedDoc:
-    """Load a file and apply `extends` (the child's fields win; nested mappings merge)."""
-    if depth > 8:
-        raise ProtocolError(f"{path}: `extends` chain is longer than 8 (a cycle?)")
+def _merged_doc(path: Path, depth: int = 0, chain: tuple[str, ...] = ()) -> LocatedDoc:
+    """Load a file and apply `extends` (the child's fields win; nested mappings merge). A parent must be a
+    .yaml/.yml file (also after symlinks): `extends` written by someone else must not make the loader read,
+    and echo in errors, files such as /etc/shadow or /dev/zero."""
+    if depth > MAX_EXTENDS_DEPTH:
+        raise ProtocolError(f"{show_path(path)}: `extends` chain is longer than {MAX_EXTENDS_DEPTH}; "
+                            f"allowed: at most {MAX_EXTENDS_DEPTH} levels")
     doc = load_located(path)
+    chain = chain + (os.path.realpath(path),)
     parent_name = doc.data.get("extends")
     if parent_name is None:
         return doc
-    if not isinstance(parent_name, str):
-        raise ProtocolError(f"{doc.where('extends')}: field 'extends' has value {parent_name!r}; "
-                            "expected the file name of another protocol")
+
+    def refuse(allowed: str) -> ProtocolError:
+        return ProtocolError(f"{doc.where('extends')}: field 'extends' has value {show(parent_name)}; "
+                             f"allowed: {allowed}")
+
+    if (not isinstance(parent_name, str) or not parent_name or len(parent_name) > MAX_EXTENDS_NAME
+            or "\0" in parent_name or not parent_name.endswith(YAML_SUFFIXES)):
+        raise refuse(EXTENDS_ALLOWED)
     parent_path = path.parent / parent_name
-    if not parent_path.exists():
-        parent_path = resolve_protocol_path(parent_name)
-    parent = _merged_doc(parent_path, depth + 1)
+    if not _present(parent_path):
+        try:
+            parent_path = resolve_protocol_path(parent_name)
+        except ProtocolError:
+            raise refuse(f"{EXTENDS_ALLOWED} next to this file or in the library ({_library_names()})") from None
+    target = os.path.realpath(parent_path)
+    if not target.endswith(YAML_SUFFIXES):
+        raise refuse(f"{EXTENDS_ALLOWED}; it links to {show_path(target)}")
+    if target in chain:
+        cycle = " -> ".join(os.path.basename(p) for p in chain[chain.index(target):] + (target,))
+        raise refuse(f"a file not already in the chain (cycle: {clip(cycle, 200)})")
+    parent = _merged_doc(parent_path, depth + 1, chain)
     merged = dict(parent.data)
     for key, value in doc.data.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -299,6 +368,10 @@ def load_protocol(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Pr
     """Load and validate a protocol file of any kind, with `--set` overrides; raise ProtocolError naming file,
     line (or the --set), field, value and what is allowed."""
     path = resolve_protocol_path(name_or_path)
+    if os.path.isdir(path):  # `rigctl validate runs/x`: point at the run's protocol
+        stored = path / "protocol.yaml"
+        hint = f" (a run directory? its protocol is {show_path(stored)})" if os.path.isfile(stored) else ""
+        raise ProtocolError(f"{show_path(path)}: is a directory, not a protocol file{hint}")
     doc = apply_overrides(_merged_doc(path), overrides)
     kind = doc.data.get("kind", "bss")
     loader = protocol_kinds().get(kind) if isinstance(kind, str) else None
@@ -323,42 +396,45 @@ def load_bss(doc: LocatedDoc, path: Path) -> BssProtocol:
     pulse = BiphasicPulse(pulse_raw["phase1_amplitude"], pulse_raw["phase1_us"], pulse_raw["phase2_amplitude"],
                           pulse_raw["phase2_us"], pulse_raw["interphase_us"], pulse_raw["unit"])
     groups = top["stim_groups"]
-    extra = set(groups) - {"A", "B"}
-    if extra or not {"A", "B"} <= set(groups):
-        raise ProtocolError(f"{doc.where('stim_groups')}: field 'stim_groups' has groups {sorted(groups)}; "
-                            "allowed: exactly A and B")
+    if set(groups) != {"A", "B"}:  # also catches non-string keys (1:, ~:) without sorting mixed types
+        raise ProtocolError(f"{doc.where('stim_groups')}: field 'stim_groups' has groups "
+                            f"{show(sorted(groups, key=str))}; allowed: exactly A and B")
     group_lists = {}
     for g in ("A", "B"):
         electrodes = groups[g]
         where = doc.where(f"stim_groups.{g}")
         if not isinstance(electrodes, list) or not electrodes:
-            raise ProtocolError(f"{where}: field 'stim_groups.{g}' has value {electrodes!r}; "
+            raise ProtocolError(f"{where}: field 'stim_groups.{g}' has value {show(electrodes)}; "
                                 "allowed: a non-empty list of electrode indices")
         for e in electrodes:
             if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e <= MAX_ELECTRODE:
-                raise ProtocolError(f"{where}: field 'stim_groups.{g}' has electrode {e!r}; "
+                raise ProtocolError(f"{where}: field 'stim_groups.{g}' has electrode {show(e)}; "
                                     f"allowed: integers 0 to {MAX_ELECTRODE}")
         if len(set(electrodes)) != len(electrodes):
             raise ProtocolError(f"{where}: field 'stim_groups.{g}' repeats an electrode; allowed: unique indices")
         group_lists[g] = tuple(electrodes)
     both = set(group_lists["A"]) & set(group_lists["B"])
     if both:
-        raise ProtocolError(f"{doc.where('stim_groups')}: electrodes {sorted(both)} are in both groups A and B; "
+        raise ProtocolError(f"{doc.where('stim_groups')}: electrodes {show(sorted(both))} are in both groups A and B; "
                             "allowed: disjoint groups")
     isi_ms = top["isi_s"] * 1000.0
     for field_name, limit in (("response_window_ms", isi_ms),):
         problem = _window(limit)(top[field_name])
         if problem:
-            raise ProtocolError(f"{doc.where(field_name)}: field '{field_name}' has value {top[field_name]!r}; "
+            raise ProtocolError(f"{doc.where(field_name)}: field '{field_name}' has value {show(top[field_name])}; "
                                 f"{problem} (isi_s = {top['isi_s']})")
     for field_name in ("raw_window_ms", "spike_window_ms"):
         w = top[field_name]
         if w[1] - w[0] > isi_ms:
-            raise ProtocolError(f"{doc.where(field_name)}: field '{field_name}' has value {w!r}; allowed: "
+            raise ProtocolError(f"{doc.where(field_name)}: field '{field_name}' has value {show(w)}; allowed: "
                                 f"a window no longer than isi_s ({isi_ms} ms)")
     if pulse.duration_us / 1000.0 >= top["response_window_ms"][0]:
         raise ProtocolError(f"{doc.where('pulse')}: the pulse ({pulse.duration_us} µs) must end before the "
                             f"response window starts ({top['response_window_ms'][0]} ms)")
+    problem = work_problem(top["sessions"], top["trials_per_session"], len(group_lists["A"]) + len(group_lists["B"]))
+    if problem:
+        raise ProtocolError(f"{doc.where('trials_per_session')}: field 'trials_per_session' has value "
+                            f"{top['trials_per_session']}; {problem}")
     return BssProtocol(
         name=top["name"], description=top["description"], reference=top["reference"], seed=top["seed"],
         sessions=top["sessions"], trials_per_session=top["trials_per_session"], isi_s=top["isi_s"],
@@ -384,6 +460,7 @@ def protocol_from_text(text: str, directory: Path) -> BssProtocol:
 def draw_sequence(protocol: BssProtocol, rng: np.random.Generator, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Hidden sources and stimuli by the mixing rule (spec §1.2): each stimulus copies s1 with
     probability `mixing` (group A) or 1 - `mixing` (group B), drawn independently per electrode and step."""
+    _check_work(protocol, 1, n_steps)
     s = (rng.random((n_steps, 2)) < protocol.source_p_on).astype(np.uint8)
     omega = rng.random((n_steps, protocol.n_stimuli))
     p_copy_s1 = np.concatenate([np.full(len(protocol.group_a), protocol.mixing),
@@ -392,11 +469,20 @@ def draw_sequence(protocol: BssProtocol, rng: np.random.Generator, n_steps: int)
     return s, o
 
 
+def _check_work(protocol: BssProtocol, sessions: int, trials_per_session: int) -> None:
+    """Refuse, before allocating, a protocol built with overrides (not loaded) that asks for too much."""
+    problem = work_problem(sessions, trials_per_session, protocol.n_stimuli)
+    if problem:
+        raise ProtocolError(f"{show_path(protocol.source_file or protocol.name)}: field 'trials_per_session' has "
+                            f"value {trials_per_session}; {problem}")
+
+
 class BssSchedule(Protocol):
     """The deterministic schedule of a BSS run: a pure function of protocol, seed and sample rate (open loop:
     responses change nothing)."""
 
     def __init__(self, protocol: BssProtocol, seed: int, sample_rate_hz: float):
+        _check_work(protocol, protocol.sessions, protocol.trials_per_session)
         self.protocol = self.config = protocol
         self.seed = seed
         self.sample_rate_hz = sample_rate_hz
@@ -404,11 +490,10 @@ class BssSchedule(Protocol):
         n = protocol.trials_per_session
         if protocol.sequence == "repeat":
             s, o = draw_sequence(protocol, np.random.default_rng(self._root.spawn(1)[0]), n)
-            self._sessions = None
-            self._repeat = (s, o)
+            self._repeat: tuple[np.ndarray, np.ndarray] | None = (s, o)
         else:
             self._repeat = None
-            self._sessions = {}
+        self._sessions: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     @property
     def n_trials(self) -> int:
@@ -418,11 +503,15 @@ class BssSchedule(Protocol):
         """(s [n,2], o [n,n_stimuli]) of a 1-based session."""
         if self._repeat is not None:
             return self._repeat
-        if session not in self._sessions:
-            child = np.random.SeedSequence([self.seed, 0x5EED, session])
-            self._sessions[session] = draw_sequence(self.protocol, np.random.default_rng(child),
-                                                    self.protocol.trials_per_session)
-        return self._sessions[session]
+        if session in self._sessions:
+            self._sessions.move_to_end(session)
+            return self._sessions[session]
+        child = np.random.SeedSequence([self.seed, 0x5EED, session])
+        drawn = draw_sequence(self.protocol, np.random.default_rng(child), self.protocol.trials_per_session)
+        self._sessions[session] = drawn
+        if len(self._sessions) > SESSION_CACHE:  # bounded memory over a long run; a redraw is identical
+            self._sessions.popitem(last=False)
+        return drawn
 
     def trial_time_s(self, index: int) -> float:
         p = self.protocol

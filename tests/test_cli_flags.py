@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 
 from rigctl.cli import main
-from rigctl.store import trial_dtype
+from rigctl.store import RunInfo
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -291,7 +291,7 @@ def _unfinished(finished_run: Path, tmp_path: Path, status: str, keep_trials: in
     meta = json.loads((path / "run.json").read_text())
     meta["status"] = status
     (path / "run.json").write_text(json.dumps(meta))
-    dtype = trial_dtype(**meta["shapes"])
+    dtype = RunInfo(path, meta).trial_dtype
     with open(path / "trials.bin", "r+b") as f:
         f.truncate(keep_trials * dtype.itemsize)
     (path / "summary.json").unlink(missing_ok=True)

@@ -118,3 +118,13 @@ def test_unsafe_pulse_is_rejected_before_any_run(tmp_path, capsys):
     path = _write(tmp_path, BASE + "pulse:\n  phase1_amplitude: -5000\n  phase2_amplitude: 5000\n")
     assert main(["validate", str(path)]) == 2
     assert "exceeds the limit" in capsys.readouterr().err
+
+
+def test_a_directory_is_not_a_protocol_file(tmp_path):
+    with pytest.raises(ProtocolError, match=r"is a directory, not a protocol file$"):
+        load_protocol(tmp_path)
+    (tmp_path / "protocol.yaml").write_text(load_protocol("isomura2023_bss").to_yaml())
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(tmp_path)
+    assert str(err.value) == (f"{tmp_path}: is a directory, not a protocol file (a run directory? its protocol is "
+                              f"{tmp_path / 'protocol.yaml'})")
