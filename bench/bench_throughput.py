@@ -31,7 +31,7 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from rigctl.signal.throughput import UV_PER_BIT, measure_throughput, rig_like_recording  # noqa: E402
+from rigctl.benchmarks.throughput import UV_PER_BIT, measure_throughput, rig_like_recording  # noqa: E402
 
 CONFIGS = ((64, 25000.0), (1024, 20000.0))
 

@@ -5,6 +5,9 @@ A device address of `emulate` starts that device's emulator in this process, wir
 culture (SimRig) shared by every emulated device of the rig, so the same rig file runs
 hardware-in-the-loop on a laptop and, with real ports filled in, on the bench. Errors name the file,
 line, field, value and what is allowed.
+
+`build_rig_file` builds the parts (`RigParts`); `rigctl.rigs.open_rig` puts them into a `Rig`. This module
+never imports `rigctl.rigs` (tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from rigctl.errors import RigctlError
 from rigctl.safety import SafetyConfigError, SafetyLimits
@@ -76,8 +79,9 @@ class Ctx:
         return self.bus
 
 
-def _sim_backend(*, sample_rate_hz: float, seed: int, mode: str, drug: str, chunk_ms: float | None,
-                 realtime: bool):
+def sim_backend(*, sample_rate_hz: float, seed: int, mode: str, drug: str, chunk_ms: float | None,
+                realtime: bool):
+    """The default `backend_factory`: rigctl's own simulated rig (SimRig)."""
     from rigctl.sim.rig import SimRig
 
     return SimRig(sample_rate_hz=sample_rate_hz, seed=seed, mode=mode, drug=drug, chunk_ms=chunk_ms,
@@ -317,13 +321,24 @@ STIMULATOR_BUILDERS: dict[str, Callable] = {"pulsepal": _build_pulsepal, "rhx": 
 
 
 # ---- entry point -------------------------------------------------------------------------------------------
-def open_rig(path: str | Path, *, seed: int, drug: str = "none", realtime: bool = False,
-             chunk_ms: float | None = None, backend_factory: Callable[..., Any] | None = None):
-    """Open the rig a rig file describes -> `rigctl.rigs.Rig` (amplifier, stimulator, limits, close())."""
-    from rigctl.rigs import Rig
+class RigParts(NamedTuple):
+    """What a rig file opens; `rigctl.rigs.open_rig` wraps it in a `Rig`."""
 
+    amplifier: Any
+    stimulator: Any
+    limits: SafetyLimits
+    description: dict[str, Any]
+    closers: list  # close in this order (the stimulator goes safe first)
+    emulators: list  # emulators started for `emulate` addresses (tests and `rigctl emulate` inspect them)
+
+
+def build_rig_file(path: str | Path, *, seed: int, drug: str = "none", realtime: bool = False,
+                   chunk_ms: float | None = None, backend_factory: Callable[..., Any] | None = None) -> RigParts:
+    """Open the devices a rig file describes -> `RigParts` (amplifier, stimulator, limits, description,
+    closers, emulators). `backend_factory` makes the simulated culture behind emulated devices
+    (default `sim_backend`)."""
     doc = load_located(Path(path), error=RigFileError)
-    ctx = Ctx(doc, seed, drug, realtime, chunk_ms, backend_factory or _sim_backend, emulators=[])
+    ctx = Ctx(doc, seed, drug, realtime, chunk_ms, backend_factory or sim_backend, emulators=[])
     data = doc.data
     _check_keys(ctx, data, "rig", ("name", "description", "amplifier", "stimulator", "safety"))
     for section in ("amplifier", "stimulator"):
@@ -361,6 +376,4 @@ def open_rig(path: str | Path, *, seed: int, drug: str = "none", realtime: bool 
     desc = {"kind": "rigfile", "path": str(doc.path), "name": data.get("name", doc.path.stem), "mode": mode,
             "sample_rate_hz": amp.sample_rate_hz, "seed": seed, "drug": drug, "realtime": realtime,
             "amplifier": amp_desc, "stimulator": stim_desc, "layout": amp.layout.to_dict()}
-    rig = Rig(amp, stim, limits, desc, state=None, closers=closers)
-    rig.emulators = ctx.emulators  # tests and `rigctl emulate` inspect what the devices did
-    return rig
+    return RigParts(amp, stim, limits, desc, closers, ctx.emulators)

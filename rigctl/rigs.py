@@ -1,11 +1,17 @@
-"""Open a rig by name: the simulated rig (`sim`, `sim-events`) or a rig file (`rigs/<name>.yaml`)."""
+"""Open a rig by name: the simulated rig (`sim`, `sim-events`) or a rig file (`rigs/<name>.yaml`).
+
+`Rig` and `open_rig` live here, the one entry point for every kind of rig; `rigctl.rigfile` builds the
+parts of a rig file and never imports this module. Part of the composition root (it may import
+`rigctl.sim`; the layers below may not: tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from rigctl import rigfile
 from rigctl.drivers.base import Amplifier, Stimulator
 from rigctl.errors import RigctlError
 from rigctl.safety import SafetyLimits
@@ -33,14 +39,19 @@ class Rig:
                 pass
 
 
-def open_rig(spec: str, *, seed: int, drug: str = "none", realtime: bool = False,
-             chunk_ms: float | None = None, sample_rate_hz: float = 25000.0) -> Rig:
-    """`spec` is `sim`, `sim-events`, or the path of a rig YAML file."""
-    if spec in SIM_RIGS:
-        from rigctl.sim.rig import SimRig
+def open_rig(spec: str | Path, *, seed: int, drug: str = "none", realtime: bool = False,
+             chunk_ms: float | None = None, backend_factory: Callable[..., Any] | None = None,
+             sample_rate_hz: float = 25000.0) -> Rig:
+    """`spec` is `sim`, `sim-events`, or the path of a rig YAML file (`rigctl.rigfile`).
 
-        rig = SimRig(sample_rate_hz=sample_rate_hz, seed=seed, mode=SIM_RIGS[spec], drug=drug,
-                     chunk_ms=chunk_ms, realtime=realtime)
+    `backend_factory(sample_rate_hz=, seed=, mode=, drug=, chunk_ms=, realtime=)` makes the simulated rig
+    (`sim`, `sim-events`) or the culture behind a rig file's emulated devices; default
+    `rigctl.rigfile.sim_backend` (SimRig). `sample_rate_hz` is the simulated rig's (a rig file names its own).
+    """
+    if isinstance(spec, str) and spec in SIM_RIGS:
+        factory = backend_factory or rigfile.sim_backend
+        rig = factory(sample_rate_hz=sample_rate_hz, seed=seed, mode=SIM_RIGS[spec], drug=drug,
+                      chunk_ms=chunk_ms, realtime=realtime)
         limits = SafetyLimits(n_electrodes=rig.n_channels)
         desc = {"kind": spec, "mode": rig.mode, "sample_rate_hz": rig.sample_rate_hz, "seed": seed,
                 "drug": drug, "chunk_samples": rig.chunk_samples, "realtime": realtime,
@@ -48,9 +59,8 @@ def open_rig(spec: str, *, seed: int, drug: str = "none", realtime: bool = False
         return Rig(rig, rig, limits, desc, state=rig, closers=[rig.stop])
     path = Path(spec)
     if path.suffix in (".yaml", ".yml"):
-        try:
-            from rigctl.rigfile import open_rig as open_rig_file
-        except ImportError as exc:  # pragma: no cover - rig files arrive with the drivers
-            raise RigctlError(f"rig files are not supported in this build ({exc})") from exc
-        return open_rig_file(path, seed=seed, drug=drug, realtime=realtime, chunk_ms=chunk_ms)
+        parts = rigfile.build_rig_file(path, seed=seed, drug=drug, realtime=realtime, chunk_ms=chunk_ms,
+                                       backend_factory=backend_factory)
+        return Rig(parts.amplifier, parts.stimulator, parts.limits, parts.description, state=None,
+                   closers=parts.closers, emulators=parts.emulators)
     raise RigctlError(f"--rig {spec!r}: allowed: sim, sim-events, or a rig file (rigs/<name>.yaml)")

@@ -1,32 +1,16 @@
 """Shapes the simulated rig draws into voltage traces: extracellular spikes and stimulus artifacts.
 
-Used by the rig's renderer and by the signal-path tests' ground-truth generator, so both agree.
+Used by the rig's renderer and by the signal-path tests' ground-truth generator, so both agree. The spike
+shape is the signal path's matched-filter template (`rigctl.signal.template`), re-exported here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-SPIKE_PRE_MS = 0.6
-SPIKE_POST_MS = 1.4
+from rigctl.signal.template import SPIKE_POST_MS, SPIKE_PRE_MS, spike_template
 
-
-def spike_template(sample_rate_hz: float) -> tuple[np.ndarray, int]:
-    """Extracellular action potential, trough normalised to -1; returns (waveform, trough index).
-
-    A narrow negative trough (Na+ influx, ~0.15 ms half-width) followed by a broader positive
-    repolarisation bump at ~+0.45 ms of 30 % of the trough, the typical shape on planar MEAs.
-    """
-    dt_ms = 1000.0 / sample_rate_hz
-    n_pre = int(round(SPIKE_PRE_MS / dt_ms))
-    n_post = int(round(SPIKE_POST_MS / dt_ms))
-    t = (np.arange(-n_pre, n_post + 1)) * dt_ms
-    trough = -np.exp(-0.5 * (t / 0.12) ** 2)
-    bump = 0.30 * np.exp(-0.5 * ((t - 0.45) / 0.25) ** 2)
-    wave = trough + bump
-    wave -= np.linspace(wave[0], wave[-1], len(wave))  # start and end at zero
-    wave /= -wave.min()
-    return wave.astype(np.float32), n_pre
+__all__ = ["SPIKE_POST_MS", "SPIKE_PRE_MS", "artifact_waveform", "spike_template"]
 
 
 def artifact_waveform(sample_rate_hz: float, pulse_duration_us: float, peak_uV: float,

@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fakes import fake_sim_rig
-from rigctl.rigfile import open_rig
-from rigctl.rigs import Rig
+from rigctl.rigs import Rig, open_rig
 from rigctl.safety import SafetyLimits
 from rigctl.session import RunOptions, start_run
 from rigctl.store import read_stims, read_trials

@@ -9,7 +9,7 @@ import numpy as np
 from fakes import fake_sim_rig
 from hil import RIGS, fake_backend, run_direct_and_via_rig_file
 from rigctl.protocol import BssSchedule, load_protocol
-from rigctl.rigfile import open_rig
+from rigctl.rigs import open_rig
 from rigctl.safety import SafetyLimits
 
 

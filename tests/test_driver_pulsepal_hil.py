@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fakes import fake_rig_factory, fake_sim_rig
-from rigctl.rigfile import open_rig
+from rigctl.rigs import open_rig
 from rigctl.session import RunOptions, start_run
 from rigctl.store import read_stims, read_trials
 
@@ -70,12 +70,10 @@ def test_bss_through_pulsepal_matches_the_direct_rig(tmp_path, seed):
 
 def test_bss_through_pulsepal_on_the_real_simulated_culture(tmp_path):
     """The same check on rigctl's own culture model (SimRig), not the test double."""
-    from rigctl.rigs import open_rig as open_any_rig
-
     protocol = four_electrode_protocol(tmp_path)
     seed = 11
     direct = start_run(str(protocol), RunOptions(rig="sim-events", seed=seed, progress=False), tmp_path / "direct",
-                       rig_factory=open_any_rig)
+                       rig_factory=open_rig)
     opened = []
 
     def via_pulsepal(spec, **kw):

@@ -11,8 +11,8 @@ import pytest
 from fakes import fake_sim_rig
 from rigctl.drivers.pulsepal import PulsePal
 from rigctl.errors import DeviceError
-from rigctl.rigfile import RigFileError, open_rig
-from rigctl.rigs import open_rig as open_any_rig
+from rigctl.rigfile import RigFileError
+from rigctl.rigs import open_rig
 
 RIGS = Path(__file__).resolve().parents[1] / "rigs"
 
@@ -53,8 +53,8 @@ def test_example_rig_opens_with_an_emulated_pulse_pal():
 def test_rigs_open_rig_dispatches_yaml_paths_here(tmp_path, monkeypatch):
     import rigctl.rigfile as rigfile
 
-    monkeypatch.setattr(rigfile, "_sim_backend", fake_backend)
-    rig = open_any_rig(str(write(tmp_path, GOOD)), seed=0)
+    monkeypatch.setattr(rigfile, "sim_backend", fake_backend)
+    rig = open_rig(str(write(tmp_path, GOOD)), seed=0)
     try:
         assert rig.limits.max_amplitude_mV == 1200 and rig.stimulator.channels_for((2, 3)) == (2,)
     finally:

@@ -9,7 +9,7 @@ import pytest
 from scipy.signal import sosfilt
 
 from rigctl.signal import SignalConfig, SignalPath
-from rigctl.signal.synthetic import GroundTruthConfig, generate, score
+from rigctl.sim.synthetic import GroundTruthConfig, generate, score
 from rigctl.types import Chunk, SpikeEvents
 
 FS = 25000.0

@@ -8,7 +8,7 @@ import numpy as np
 
 from rigctl.cli import build_parser, main
 from rigctl.signal import SignalPath
-from rigctl.signal.synthetic import GroundTruthConfig, generate, score
+from rigctl.sim.synthetic import GroundTruthConfig, generate, score
 from rigctl.types import Chunk, SpikeEvents
 
 

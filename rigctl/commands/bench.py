@@ -58,7 +58,7 @@ def add_bench_command(*args: object) -> argparse.ArgumentParser:
 
 
 def _throughput(args: argparse.Namespace) -> int:
-    from rigctl.signal.throughput import measure_throughput
+    from rigctl.benchmarks.throughput import measure_throughput
     result = measure_throughput(args.channels, args.rate_hz, args.seconds, args.chunk_ms, args.seed)
     print(f"signal path throughput: {args.channels} ch x {args.rate_hz:g} Hz, {args.chunk_ms:g}-ms chunks, "
           f"{args.seconds:g} s of data")

@@ -12,7 +12,7 @@ from rigctl.errors import RigctlError
 
 
 def _latency(args: argparse.Namespace) -> int:
-    from rigctl.latency import measure_latency
+    from rigctl.benchmarks.latency import measure_latency
 
     result = measure_latency(args.rig, args.channels, args.rate_hz, args.chunk_ms, args.seconds, args.seed,
                              realtime=args.realtime)

@@ -210,9 +210,9 @@ def _main(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import json
 
-    from rigctl.drivers import _bench
+    from rigctl.benchmarks import drivers
 
-    figures = _bench.run(seconds=args.seconds)
+    figures = drivers.run(seconds=args.seconds)
     print(json.dumps({"bench": "drivers", **figures}))
     return 0
 

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.signal import butter, sosfilt, sosfilt_zi
 
 from rigctl.signal import _kernels as K
-from rigctl.sim.waveforms import spike_template
+from rigctl.signal.template import spike_template
 from rigctl.types import Chunk, SpikeEvents
 
 STATE_VERSION = 1

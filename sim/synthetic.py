@@ -1,5 +1,6 @@
 """Ground-truth recordings for scoring the spike detector: known spike times, known SNR per channel.
 
+A simulator of recordings (hence `rigctl.sim`), used to score the detector in the signal-path tests.
 Uses the simulated rig's shapes (`rigctl.sim.waveforms`): negative-going spikes drawn with
 `spike_template` (trough = amplitude), stimulus artifacts drawn with `artifact_waveform` on every
 electrode, scaled by distance like the rig does and saturating at the int16 range. On top come white
