@@ -201,3 +201,18 @@ def test_bad_set_on_the_command_line_is_one_line_before_any_run_directory(tmp_pa
     proc = rigctl("run", "isomura2023_bss", "--set", "isi_s=-1", "--out", str(tmp_path / "r"), check=False)
     assert proc.returncode == 2 and "--set isi_s=-1: field 'isi_s' has value -1.0" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
+
+
+def test_a_run_made_before_protocol_kinds_reads_as_bss(tmp_path):
+    """Run directories from before trial fields were declared (no trial_fields, no protocol_kind)."""
+    out = tmp_path / "old"
+    rigctl("run", "isomura2023_bss", "--rig", "sim-events", "--sessions", "1", "--set", "trials_per_session=6",
+           "--out", str(out), "--no-progress", "--no-report")
+    meta = json.loads((out / "run.json").read_text())
+    before = rigctl("export", "trials", str(out)).stdout
+    for key in ("trial_fields", "protocol_kind"):
+        meta.pop(key)
+    (out / "run.json").write_text(json.dumps(meta))
+    assert rigctl("export", "trials", str(out)).stdout == before
+    rigctl("report", str(out))
+    assert json.loads((out / "summary.json").read_text())["trials"] == 6
