@@ -25,6 +25,7 @@ OP_CLIENT_ID = 89
 ACK = 0x01
 HANDSHAKE_REPLY = 0x4B  # 'K', then uint32 firmware version
 MIN_V2_FIRMWARE = 20  # < 20 is a Pulse Pal 1.x with 8-bit voltages
+MAX_FIRMWARE = 999  # releases report small numbers (5, 20, 21): a larger one is line noise, not a version
 
 CYCLE_HZ = 20000  # one firmware tick = 50 µs; every duration is a uint32 count of ticks
 CYCLE_US = 50.0
@@ -93,3 +94,14 @@ def message(op: int, payload: bytes = b"") -> bytes:
 def program_one(param: int, channel: int, value: int) -> bytes:
     """`D5 4A param channel value` with the value width the firmware reads for `param`."""
     return message(OP_PROGRAM_ONE, bytes((param, channel)) + struct.pack(PARAM_FORMAT[param], value))
+
+
+def parse_handshake(reply: bytes) -> int:
+    """The handshake reply (`4B` + uint32 firmware version) -> the version; ValueError if it is not one."""
+    if len(reply) != 5 or reply[0] != HANDSHAKE_REPLY:
+        raise ValueError(f"handshake answered {reply.hex(' ')}, expected 4b + firmware version")
+    version = struct.unpack("<I", reply[1:])[0]
+    if version > MAX_FIRMWARE:
+        raise ValueError(f"handshake reported firmware {version}; allowed: at most {MAX_FIRMWARE} "
+                         "(garbage on the line?)")
+    return version

@@ -5,6 +5,7 @@ emulator. Checked against Intan-RHX v3.4.0 (`Engine/Threads/tcpdataoutputthread.
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -21,6 +22,75 @@ POST_TRIGGER_DELAY_MAX_US = 500000
 BANDS = ("", "low", "high", "dc", "stim")  # TCPDataOutputEnabled{,Low,High,DC,Stim}: frame order WIDE..STIM
 
 _NAME = re.compile(r"^([A-H])-(\d{3})$")
+
+# what `get` can answer (devices.md 2.2); anything else in a reply is a fault, never a value to compute with
+CONTROLLER_TYPES = ("ControllerRecordUSB2", "ControllerRecordUSB3", "ControllerStimRecord", "ControllerStimRecordUSB2")
+STIM_TYPES = ("controllerstimrecord", "controllerstimrecordusb2")  # RHS; ...USB2 is RHX <= 3.1's name
+RHS_SAMPLE_RATES = (20000.0, 25000.0, 30000.0)
+RHD_SAMPLE_RATE_RANGE = (1000.0, 30000.0)  # [unverified] devices.md lists only the RHS rates
+RUN_MODES = ("Run", "Record", "Trigger", "Stop")
+BLOCKS_PER_WRITE_RANGE = (1, 100)
+TIMESTAMP_MAX = 2 ** 32 - 1  # frames carry a uint32 timestamp
+MAX_REPLY_BYTES = 1 << 20  # far above any batch's replies; more without a `Return:` is a babbling peer
+
+
+class ReplyError(ValueError):
+    """A reply value RHX cannot send (the driver turns it into a DeviceError naming the item)."""
+
+
+def _check(ok: bool, item: str, text: str, allowed: str) -> None:
+    if not ok:
+        raise ReplyError(f"{item} answered {text[:40]!r}; allowed: {allowed}")
+
+
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")  # what %g prints
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
+
+
+def parse_number(item: str, text: str, lo: float, hi: float) -> float:
+    """A finite number within [lo, hi] in %g notation (e.g. `1e+06`); no nan/inf, no `1_0`."""
+    x = float(text) if len(text) <= 40 and _DECIMAL.fullmatch(text) else math.nan
+    _check(math.isfinite(x) and lo <= x <= hi, item, text, f"a number in [{lo:g}, {hi:g}]")
+    return x
+
+
+def parse_int(item: str, text: str, lo: int, hi: int) -> int:
+    ok = bool(_INTEGER.fullmatch(text)) and lo <= int(text) <= hi
+    _check(ok, item, text, f"an integer in [{lo}, {hi}]")
+    return int(text)
+
+
+def parse_bool(item: str, text: str) -> bool:
+    _check(text.lower() in ("true", "false"), item, text, "True or False")
+    return text.lower() == "true"
+
+
+def parse_choice(item: str, text: str, choices: tuple[str, ...]) -> str:
+    """The canonical spelling of a case-insensitive choice."""
+    found = [c for c in choices if c.lower() == text.lower()]
+    _check(bool(found), item, text, ", ".join(choices))
+    return found[0]
+
+
+def parse_version(text: str) -> str:
+    _check(bool(re.fullmatch(r"[0-9A-Za-z.+_-]{1,40}", text)), "Version", text, "a version like 3.4.0")
+    return text
+
+
+def parse_sample_rate(text: str, controller_type: str) -> float:
+    if controller_type.lower() in STIM_TYPES:
+        x = parse_number("SampleRateHertz", text, RHS_SAMPLE_RATES[0], RHS_SAMPLE_RATES[-1])
+        _check(x in RHS_SAMPLE_RATES, "SampleRateHertz", text, "20000, 25000 or 30000 (RHS)")
+        return x
+    return parse_number("SampleRateHertz", text, *RHD_SAMPLE_RATE_RANGE)
+
+
+def parse_step_size(text: str) -> float:
+    """One of RHS's step sizes; %g prints them exactly, the tolerance only absorbs float formatting."""
+    x = parse_number("StimStepSizeMicroAmps", text, STEP_SIZES_UA[0], STEP_SIZES_UA[-1])
+    found = [s for s in STEP_SIZES_UA if abs(x - s) <= 1e-9 * s]
+    _check(bool(found), "StimStepSizeMicroAmps", text, ", ".join(f"{s:g}" for s in STEP_SIZES_UA))
+    return found[0]
 
 
 def is_channel_name(name: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from rigctl.layout import ElectrodeLayout
-from rigctl.types import Chunk, StimCommand
+from rigctl.types import BiphasicPulse, Chunk, StimCommand
 
 
 class Amplifier(ABC):
@@ -66,6 +66,17 @@ class Stimulator(ABC):
         Drivers whose device cannot schedule by sample index fire due commands here (or arm the device's
         own delay, e.g. a train delay, from `command.sample - end_sample`). Default: nothing.
         """
+
+    def check_deliverable(self, command: StimCommand) -> None:
+        """Raise DeviceError if the device cannot deliver `command` as given (unit, timing grid, wiring).
+
+        The safety layer calls this for every command of a plan before the first pulse is sent, so an
+        undeliverable protocol is refused before anything is stored or stimulated. Default: any command."""
+
+    def delivered_pulse(self, pulse: BiphasicPulse) -> BiphasicPulse:
+        """What reaches the electrodes when `pulse` is commanded (a DAC may round it); the safety limits
+        are checked on both. Default: the pulse as commanded."""
+        return pulse
 
     @abstractmethod
     def abort(self) -> None:

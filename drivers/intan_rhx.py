@@ -6,6 +6,22 @@ the pulse's parameters and a keypress trigger source (F1-F8), uploaded, and fire
 `execute ManualStimTriggerPulse Fk`; the pulse is aimed at the commanded sample with the channel's
 `PostTriggerDelayMicroseconds`, computed from `get CurrentTimestamp` in the same exchange. Every batch of
 writes ends with a `get` whose `Return:` confirms it; any other text before it is RHX's error sentence.
+Every value read from a reply is checked against what RHX can answer (finite, in range, one of the
+documented choices) before it is used, so a hostile or corrupt reply is a DeviceError, never arithmetic
+on garbage.
+
+Safe state (`safe_state`, also run on every fault while stimulating): every channel this driver has
+*sent* an enable since it last saw the channel read back disabled — recorded before the bytes go out, so
+a batch whose reply never came is covered — gets `set <ch>.StimEnabled false` + `execute
+UploadStimParameters <ch>` in one write, followed by `get <ch>.StimEnabled` (the upload precedes each
+read-back in the batch, which RHX runs in order). What is guaranteed: it never raises; it returns within
+about `timeout_s` (waiting at most `timeout_s` more for the driver's lock if another thread holds it); if
+the command connection accepts the write, the disable reaches RHX; `safe_state_verified` is True only if
+every such channel answered `False`, else `unverified_channels` names the rest and `safe_state_problem`
+says why. With the connection dead nothing can be sent (RHX listens again only when the operator
+presses Connect); the channels stay recorded and `connect()` disables them first. [assumption, as the
+emulator models it] disabling and uploading a channel also drops a trigger latched in its post-trigger
+delay; check this on hardware before relying on it.
 Wire facts: ../shared/spec/devices.md section 2 (checked against Intan-RHX v3.4.0 sources).
 """
 
@@ -17,6 +33,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -26,7 +43,7 @@ from rigctl.errors import DeviceError
 from rigctl.layout import ElectrodeLayout
 from rigctl.types import BiphasicPulse, Chunk, StimCommand
 
-STIM_TYPES = ("controllerstimrecord", "controllerstimrecordusb2")
+STIM_TYPES = rw.STIM_TYPES
 START_TIMEOUT_S = 10.0  # the first block after `set runmode run` may take a while (board start-up)
 
 
@@ -43,8 +60,12 @@ class IntanRHX(Amplifier, Stimulator):
 
     def __init__(self, host: str, command_port: int = 5000, *, electrode_channels: list[str],
                  layout: ElectrodeLayout | None = None, timeout_s: float = 1.0, blocks_per_write: int = 1,
-                 trigger_latency_ms: float = 0.0, connect: bool = True):
+                 trigger_latency_ms: float = 0.0, connect: bool = True,
+                 open_socket: Callable[[tuple[str, int], float], socket.socket] = socket.create_connection):
+        """`open_socket((host, port), timeout_s)` makes the command and waveform connections (TCP by
+        default; the device-reply fuzzer hands over socketpair ends to drive this code in-process)."""
         self.host = host
+        self._open_socket = open_socket
         self.command_port = command_port
         self.names = [c.upper() for c in electrode_channels]
         for c in self.names:
@@ -80,6 +101,11 @@ class IntanRHX(Amplifier, Stimulator):
         self.triggers_sent = 0
         self.faulted: str | None = None
         self.running = False
+        self._maybe_enabled: set[str] = set()  # sent an enable, not yet read back disabled (kept over reconnects)
+        self._stale_gets = 0  # `get <ch>.StimEnabled` sent on this connection and not answered yet
+        self.safe_state_verified = True
+        self.unverified_channels: tuple[str, ...] = ()
+        self.safe_state_problem = ""
         if connect:
             self.connect()
 
@@ -93,21 +119,48 @@ class IntanRHX(Amplifier, Stimulator):
         with self._lock:
             self._close_sockets()
             try:
-                self._cmd = socket.create_connection((self.host, self.command_port), timeout=self.timeout_s)
+                self._cmd = self._open_socket((self.host, self.command_port), self.timeout_s)
             except OSError as exc:
                 raise self._fault(f"cannot connect to the command port ({exc}); in RHX, press Connect under "
                                   "Network > Remote TCP Control (it stops listening after each client)") from exc
             self._cmd.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._rx.clear()
-            self.controller_type = self.get("Type")
-            self.fs = float(self.get("SampleRateHertz"))
-            self.step_uA = float(self.get("StimStepSizeMicroAmps"))
-            self.version = self._get_optional("Version")
-            if self.get("RunMode").lower() != "stop":
-                self.command(["set runmode stop"], confirm="RunMode")
+            self._stale_gets = 0
             self._cache = {}
             self._armed = []
+            try:
+                self._identify()
+            except DeviceError:
+                self.safe_state()
+                raise
+            if self._maybe_enabled:  # left enabled when an earlier connection died: disable them first
+                self.abort()
             self.faulted = None
+
+    def _identify(self) -> None:
+        self.controller_type = self._value("Type", lambda t: rw.parse_choice("Type", t, rw.CONTROLLER_TYPES))
+        self.fs = self._value("SampleRateHertz", lambda t: rw.parse_sample_rate(t, self.controller_type))
+        self.step_uA = self._value("StimStepSizeMicroAmps", rw.parse_step_size)
+        version = self._get_optional("Version")
+        self.version = self._parsed("Version", version, rw.parse_version) if version else ""
+        if self._value("RunMode", self._run_mode) != "Stop":
+            mode = self._parsed("RunMode", self.command(["set runmode stop"], confirm="RunMode"), self._run_mode)
+            if mode != "Stop":
+                raise self._fault(f"still in RunMode {mode} after `set runmode stop`")
+
+    @staticmethod
+    def _run_mode(text: str) -> str:
+        return rw.parse_choice("RunMode", text, rw.RUN_MODES)
+
+    def _parsed(self, name: str, text: str, parse):
+        """`parse(text)`, or DeviceError naming the item: a reply RHX cannot send is a fault."""
+        try:
+            return parse(text)
+        except rw.ReplyError as exc:
+            raise self._fault(f"impossible reply: {exc}") from exc
+
+    def _value(self, name: str, parse):
+        return self._parsed(name, self.get(name), parse)
 
     def reconnect(self) -> None:
         """After a fault: reconnect where RHX allows (its command port must be listening again)."""
@@ -162,6 +215,10 @@ class IntanRHX(Amplifier, Stimulator):
             if not data:
                 raise self._fault("command port closed by RHX")
             self._rx.extend(data)
+            if len(self._rx) > rw.MAX_REPLY_BYTES:
+                self._rx.clear()
+                raise self._fault(f"more than {rw.MAX_REPLY_BYTES} bytes without the awaited `Return:` "
+                                  "(garbage on the command port)")
 
     def command(self, commands: list[str], confirm: str) -> str:
         """Send `commands` + `get <confirm>` in one write; DeviceError with RHX's text if anything failed."""
@@ -187,10 +244,11 @@ class IntanRHX(Amplifier, Stimulator):
         """The last sample index the controller produced (-1 when stopped)."""
         with self._lock:
             self._send(["get currenttimestamp"])
-            m, before = self._read_reply(re.compile(r"Return: (-?\d+)$"))
+            m, before = self._read_reply(re.compile(r"Return: (-?[0-9]+)$"))
             if before.strip():
                 raise self._fault(f"get CurrentTimestamp: {before.strip()}")
-            return int(m.group(1))
+            return self._parsed("CurrentTimestamp", m.group(1),
+                                lambda t: rw.parse_int("CurrentTimestamp", t, -1, rw.TIMESTAMP_MAX))
 
     # ---- Amplifier ------------------------------------------------------------------------------------------
     @property
@@ -215,17 +273,20 @@ class IntanRHX(Amplifier, Stimulator):
                 return
             if self.faulted:
                 raise self._fault(f"in a fault state ({self.faulted}); reconnect first")
-            self.command(["execute clearalldataoutputs"]
-                         + [f"set {c}.tcpdataoutputenabled true" for c in self.names]
-                         + [f"set tcpnumberdatablocksperwrite {self.blocks_per_write}"],
-                         confirm="TCPNumberDataBlocksPerWrite")
+            per_write = self._parsed("TCPNumberDataBlocksPerWrite", self.command(
+                ["execute clearalldataoutputs"] + [f"set {c}.tcpdataoutputenabled true" for c in self.names]
+                + [f"set tcpnumberdatablocksperwrite {self.blocks_per_write}"], confirm="TCPNumberDataBlocksPerWrite"),
+                lambda t: rw.parse_int("TCPNumberDataBlocksPerWrite", t, *rw.BLOCKS_PER_WRITE_RANGE))
+            if per_write != self.blocks_per_write:
+                raise self._fault(f"TCPNumberDataBlocksPerWrite is {per_write} after setting {self.blocks_per_write}")
             # drop any data connection left from an earlier client, then listen for ours
-            port = int(self.command(["execute disconnecttcpwaveformdataoutput", "execute connecttcpwaveformdataoutput"],
-                                    confirm="TCPWaveformDataOutputPort"))
+            port = self._parsed("TCPWaveformDataOutputPort", self.command(
+                ["execute disconnecttcpwaveformdataoutput", "execute connecttcpwaveformdataoutput"],
+                confirm="TCPWaveformDataOutputPort"), lambda t: rw.parse_int("TCPWaveformDataOutputPort", t, 1, 65535))
             deadline = time.monotonic() + self.timeout_s
             while True:
                 try:
-                    self._wave = socket.create_connection((self.host, port), timeout=self.timeout_s)
+                    self._wave = self._open_socket((self.host, port), self.timeout_s)
                     break
                 except OSError as exc:
                     if time.monotonic() > deadline:
@@ -298,6 +359,11 @@ class IntanRHX(Amplifier, Stimulator):
         return chunk
 
     # ---- Stimulator ------------------------------------------------------------------------------------------
+    def check_deliverable(self, command: StimCommand) -> None:
+        """A current pulse on the RHS step grid, on channels of this controller (before anything is sent)."""
+        self.channel_items(command.pulse)
+        self._channels(command.electrodes)
+
     def channel_items(self, pulse: BiphasicPulse) -> dict[str, str]:
         """RHX stimulation items for `pulse`, or DeviceError if an RHS channel cannot produce it."""
         if not self.controller_type.lower() in STIM_TYPES:
@@ -381,6 +447,8 @@ class IntanRHX(Amplifier, Stimulator):
     def _arm(self, cmd: StimCommand, channels: tuple[str, ...], key: str) -> bool:
         """Program, upload and fire `cmd` on `key`; False if it is still beyond the longest delay."""
         now = self.current_timestamp() + 1  # the controller holds this clock until our next batch (emulator)
+        if now == 0:
+            raise self._fault("the controller is stopped (CurrentTimestamp -1) while the driver runs")
         latency = int(round(self.trigger_latency_ms * 1e-3 * self.fs))
         delay = cmd.sample - now - latency
         delay_us = delay * 1e6 / self.fs
@@ -388,7 +456,8 @@ class IntanRHX(Amplifier, Stimulator):
             raise self._fault(f"pulse at sample {cmd.sample} is already past on the controller (at {now})")
         if delay_us > rw.POST_TRIGGER_DELAY_MAX_US:
             self._send(["get uploadinprogress"])  # release the held clock; arm on a later chunk
-            self._read_reply(re.compile(r"Return: UploadInProgress (\S+)$", re.IGNORECASE))
+            m, _ = self._read_reply(re.compile(r"Return: UploadInProgress (\S+)$", re.IGNORECASE))
+            self._parsed("UploadInProgress", m.group(1), lambda t: rw.parse_bool("UploadInProgress", t))
             return False
         items = self.channel_items(cmd.pulse)
         items["source"] = f"keypress{key.lower()}"
@@ -408,7 +477,9 @@ class IntanRHX(Amplifier, Stimulator):
                 changed.append(ch)
         batch += [f"execute uploadstimparameters {ch}" for ch in changed]
         batch.append(f"execute manualstimtriggerpulse {key.lower()}")
-        self.command(batch, confirm="UploadInProgress")
+        self._maybe_enabled.update(channels)  # before the bytes go out: a lost reply must not hide an enable
+        self._parsed("UploadInProgress", self.command(batch, confirm="UploadInProgress"),
+                     lambda t: rw.parse_bool("UploadInProgress", t))
         for ch in channels:
             self._cache[ch].update(items)
         for ch in changed:
@@ -420,23 +491,99 @@ class IntanRHX(Amplifier, Stimulator):
         return True
 
     def abort(self) -> None:
-        """Drop queued commands and disable stimulation on every channel this driver enabled."""
+        """Drop queued commands and disable (read back) every channel this driver may have enabled;
+        DeviceError if RHX does not confirm it."""
         with self._lock:
             self._queue = []
             self._armed = []
-            enabled = [ch for ch, c in self._cache.items() if c.get("stimenabled") == "true"]
-            if enabled:
-                self.command([f"set {ch}.stimenabled false" for ch in enabled]
-                             + [f"execute uploadstimparameters {ch}" for ch in enabled], confirm="UploadInProgress")
-                for ch in enabled:
-                    self._cache[ch]["stimenabled"] = "false"
+            self._record(self._disable(verify=True))
+            if not self.safe_state_verified:
+                raise self._fault(f"stimulation not confirmed off on {list(self.unverified_channels)}: "
+                                  f"{self.safe_state_problem}")
 
     def safe_state(self) -> None:
+        """Abort without raising; see the module docstring for what is guaranteed."""
+        locked = self._lock.acquire(timeout=self.timeout_s)
         try:
-            self.abort()
-        except Exception:  # never raises; a dead controller is not stimulating either
             self._queue = []
             self._armed = []
+            # without the lock another thread is mid-exchange on the socket: send, but leave its replies alone
+            self._record(self._disable(verify=locked))
+        except Exception as exc:  # the safe state must never raise into a fault handler
+            self._record((False, f"safe state failed: {type(exc).__name__}: {exc}"))
+        finally:
+            if locked:
+                self._lock.release()
+
+    def _record(self, outcome: tuple[bool, str]) -> None:
+        self.safe_state_verified, self.safe_state_problem = outcome
+
+    def _disable(self, verify: bool) -> tuple[bool, str]:
+        """One write disabling + uploading every channel in `_maybe_enabled`, each read back with `get`.
+
+        -> (verified, why not). Replies are matched by counting `Return: StimEnabled` answers in order
+        (RHX names no channel in them), after skipping answers still owed to an earlier read-back that
+        timed out; any other text (stale replies, error sentences) is ignored.
+        """
+        targets = sorted(self._maybe_enabled)
+        self.unverified_channels = tuple(targets)
+        if not targets:
+            return True, ""
+        sock = self._cmd
+        if sock is None:
+            return False, "not connected"
+        answer = re.compile(r"Return: StimEnabled (True|False)", re.IGNORECASE)
+        if verify:  # the reader's buffer is ours only under the lock
+            self._stale_gets = max(0, self._stale_gets - len(answer.findall(self._rx.decode("latin-1"))))
+            self._rx.clear()
+        batch: list[str] = []
+        for ch in targets:
+            batch += [f"set {ch}.stimenabled false", f"execute uploadstimparameters {ch}", f"get {ch}.stimenabled"]
+        try:
+            sock.sendall((";".join(batch) + ";").encode("latin-1"))
+        except OSError as exc:
+            return False, f"command port closed ({exc})"
+        skip, self._stale_gets = self._stale_gets, self._stale_gets + len(targets)
+        if not verify:
+            return False, "sent without read-back (another thread held the connection)"
+        answers: list[bool] = []
+        text, deadline, why = "", time.monotonic() + self.timeout_s, ""
+        while len(answers) < skip + len(targets):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = f"no read-back within {self.timeout_s} s"
+                break
+            try:
+                ready, _, _ = select.select([sock], [], [], left)
+                data = sock.recv(65536) if ready else None
+            except (OSError, ValueError) as exc:  # ValueError: the socket was closed under us
+                why = f"command port failed during read-back ({exc})"
+                break
+            if data is None:
+                continue
+            if not data:
+                why = "command port closed by RHX during read-back"
+                break
+            text += data.decode("latin-1")
+            end = 0
+            for m in answer.finditer(text):
+                answers.append(m.group(1).lower() == "true")
+                end = m.end()
+            text = text[end:]
+            if len(text) > rw.MAX_REPLY_BYTES:
+                why = "garbage on the command port during read-back"
+                break
+        self._stale_gets = max(0, skip + len(targets) - len(answers))
+        ours = answers[skip:]
+        for ch, on in zip(targets, ours):
+            if not on:
+                self._maybe_enabled.discard(ch)
+                self._cache.setdefault(ch, {})["stimenabled"] = "false"
+        still_on = [ch for ch, on in zip(targets, ours) if on]
+        self.unverified_channels = tuple(still_on + targets[len(ours):])
+        if still_on:
+            why = f"{still_on} still read back StimEnabled True"
+        return not self.unverified_channels, why
 
     def close(self) -> None:
         with self._lock:

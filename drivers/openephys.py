@@ -6,14 +6,22 @@ a rig file names only the GUI's address. One block = one DATA message per channe
 `sample_num`; a block is returned once every selected channel has arrived. Gaps in `message_num` (the
 PUB socket drops for slow readers), jumps in `sample_num`, malformed messages and silence are DeviceErrors:
 the loop then stops stimulating and keeps what it has recorded.
+
+Hostile or broken peers are bounded, not trusted: each HTTP exchange (connect, request, whole reply) has
+one total deadline of `timeout_s` (a server dripping bytes cannot stretch it) and a size limit; JSON is
+size-limited, deep nesting is a fault, and every field used is type- and range-checked. `read()` returns
+a block or raises within its deadline even while messages keep arriving that never complete one, and at
+most `MAX_PENDING_BLOCKS` incomplete blocks are held. A NaN or infinite sample is a DeviceError naming
+the channel and sample (the GUI sends finite µV; converting it would fake a value).
 Wire facts: ../shared/spec/devices.md section 3 (checked against plugin-GUI v1.0.1, zmq-interface main).
 """
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
+import math
+import socket
+import time
 
 import numpy as np
 import zmq
@@ -32,8 +40,12 @@ class OpenEphysGUI(Amplifier):
 
     def __init__(self, host: str = "127.0.0.1", http_port: int = ow.HTTP_PORT, *, channels: list[int] | None = None,
                  stream: str | None = None, uV_per_bit: float = 0.195, timeout_s: float = 2.0,
-                 record: bool = False, layout: ElectrodeLayout | None = None, connect: bool = True):
+                 record: bool = False, layout: ElectrodeLayout | None = None, connect: bool = True,
+                 data_url: str | None = None):
+        """`data_url`: the ZMQ address to subscribe to instead of tcp://host:<data_port> (a proxy, or the
+        device-reply fuzzer's in-process socket)."""
         self.host = host
+        self.data_url = data_url
         self.http_port = http_port
         self.stream = stream
         self._uV_per_bit = float(uV_per_bit)
@@ -44,6 +56,7 @@ class OpenEphysGUI(Amplifier):
         self.ctx = zmq.Context.instance()
         self._sub: zmq.Socket | None = None
         self._pending: dict[int, dict[int, np.ndarray]] = {}  # sample_num -> channel_num -> values
+        self._pending_bytes = 0
         self._expected_msg: int | None = None
         self._next_sample: int | None = None
         self.fs = 0.0
@@ -61,45 +74,75 @@ class OpenEphysGUI(Amplifier):
 
     # ---- HTTP ------------------------------------------------------------------------------------------------
     def http(self, path: str, payload: dict | None = None) -> dict:
-        """GET (no payload) or PUT JSON, as the GUI's API expects; DeviceError with the GUI's reason."""
-        url = f"http://{self.host}:{self.http_port}{path}"
-        data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(url, data=data, method="GET" if payload is None else "PUT")
+        """GET (no payload) or PUT JSON, as the GUI's API expects -> the reply's JSON object.
+
+        One connection per request, and one deadline (`timeout_s`) for connecting, sending and the whole
+        reply; DeviceError with the GUI's reason for a non-200 status, and for anything that is not HTTP.
+        """
+        method = "GET" if payload is None else "PUT"
+        body = None if payload is None else json.dumps(payload).encode()
+        request = ow.http_request(method, self.host, self.http_port, path, body)
+        deadline = time.monotonic() + self.timeout_s
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            reason = exc.read().decode(errors="replace")[:200]
-            raise self._fault(f"{req.method} {path} -> HTTP {exc.code}: {reason}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            raise self._fault(f"{req.method} {path} failed ({getattr(exc, 'reason', exc)}); is the GUI running "
-                              "with its HTTP server enabled (File menu)?") from exc
-        except json.JSONDecodeError as exc:
-            raise self._fault(f"{path}: the reply is not JSON") from exc
+            sock = socket.create_connection((self.host, self.http_port), timeout=self.timeout_s)
+        except OSError as exc:
+            raise self._fault(f"{method} {path} failed ({exc}); is the GUI running with its HTTP server enabled "
+                              "(File menu)?") from exc
+        try:
+            reply = self._exchange(sock, request, deadline)
+        except ow.WireError as exc:
+            raise self._fault(f"{method} {path}: not an HTTP reply the GUI sends ({exc})") from exc
+        except OSError as exc:  # socket.timeout included
+            if time.monotonic() >= deadline:
+                raise self._fault(f"{method} {path}: no complete reply within {self.timeout_s} s") from exc
+            raise self._fault(f"{method} {path} failed ({exc})") from exc
+        finally:
+            sock.close()
+        if reply is None:
+            raise self._fault(f"{method} {path}: no complete reply within {self.timeout_s} s")
+        status, data = reply
+        if status != 200:
+            reason = data[:200].decode("utf-8", errors="replace")
+            raise self._fault(f"{method} {path} -> HTTP {status}: {reason}")
+        try:
+            obj = ow.decode_json(data or b"{}", f"{method} {path}", ow.MAX_HTTP_REPLY_BYTES)
+        except ow.WireError as exc:
+            raise self._fault(f"{exc}: the reply is not JSON") from exc
+        if not isinstance(obj, dict):
+            raise self._fault(f"{method} {path}: the reply is a JSON {type(obj).__name__}, not an object")
+        return obj
+
+    @staticmethod
+    def _exchange(sock: socket.socket, request: bytes, deadline: float) -> tuple[int, bytes] | None:
+        """Send `request`, read until a whole reply -> (status, body); None when the deadline passes."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        sock.sendall(request)
+        buf, eof = bytearray(), False
+        while True:
+            reply = ow.parse_http_reply(buf, eof)
+            if reply is not None:
+                return reply
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            sock.settimeout(left)  # every read gets only what is left of the exchange's deadline
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                return None
+            eof = not data
+            buf += data
 
     def connect(self) -> None:
         """Find the ZMQ Interface, its stream and data port."""
-        procs = self.http("/api/processors").get("processors", [])
-        zmq_procs = [p for p in procs if p.get("name") == "ZMQ Interface"]
-        if not zmq_procs:
-            raise self._fault("no 'ZMQ Interface' processor in the signal chain; add the ZMQ Interface plugin")
-        proc = zmq_procs[0]
-        params = {p["name"]: p["value"] for p in proc.get("parameters", [])}
-        self.data_port = int(params.get("data_port", ow.DATA_PORT))
-        streams = proc.get("streams", [])
-        if self.stream is not None:
-            streams = [s for s in streams if s.get("name") == self.stream]
-        if not streams:
-            names = [s.get("name") for s in proc.get("streams", [])]
-            raise self._fault(f"stream {self.stream!r} not found; allowed: {names}")
-        s = streams[0]
-        self.stream = s["name"]
-        self.fs = float(s["sample_rate"])
-        self.stream_channels = int(s["channel_count"])
-        self.channels = list(range(self.stream_channels)) if self._channels_arg is None else list(self._channels_arg)
-        bad = [c for c in self.channels if not 0 <= c < self.stream_channels]
-        if bad:
-            raise self._fault(f"channel(s) {bad} not in stream {self.stream!r}; allowed: 0..{self.stream_channels - 1}")
+        reply = self.http("/api/processors")
+        try:
+            self._discover(reply)
+        except ow.WireError as exc:
+            raise self._fault(f"GET /api/processors: unexpected reply ({exc})") from exc
         n = len(self.channels)
         if self._layout_arg is not None:
             self._layout = self._layout_arg
@@ -109,6 +152,40 @@ class OpenEphysGUI(Amplifier):
             self._layout = ElectrodeLayout(np.zeros((n, 2)), tuple(f"CH{c + 1}" for c in self.channels))
         self._col = {c: i for i, c in enumerate(self.channels)}
         self.faulted = None
+
+    def _discover(self, reply: dict) -> None:
+        """The ZMQ Interface's data port and stream from GET /api/processors, every field checked."""
+        what = "processors"
+        procs = [p for p in ow.field(reply, "processors", list, what) if isinstance(p, dict)]
+        zmq_procs = [p for p in procs if p.get("name") == "ZMQ Interface"]
+        if not zmq_procs:
+            raise self._fault("no 'ZMQ Interface' processor in the signal chain; add the ZMQ Interface plugin")
+        proc = zmq_procs[0]
+        params = proc.get("parameters", [])
+        if not isinstance(params, list):
+            raise ow.WireError("ZMQ Interface: 'parameters' is not a list")
+        port = ow.DATA_PORT
+        for p in params:
+            if isinstance(p, dict) and p.get("name") == "data_port":
+                port = ow.int_in(p.get("value"), *ow.DATA_PORT_RANGE, "ZMQ Interface data_port")
+        self.data_port = port
+        all_streams = proc.get("streams", [])
+        if not isinstance(all_streams, list):
+            raise ow.WireError("ZMQ Interface: 'streams' is not a list")
+        all_streams = [s for s in all_streams if isinstance(s, dict)]
+        streams = all_streams if self.stream is None else [s for s in all_streams if s.get("name") == self.stream]
+        if not streams:
+            names = [s.get("name") for s in all_streams]
+            raise self._fault(f"stream {self.stream!r} not found; allowed: {names}")
+        s = streams[0]
+        self.stream = ow.field(s, "name", str, "stream")
+        self.fs = ow.float_in(s.get("sample_rate"), *ow.SAMPLE_RATE_RANGE, f"stream {self.stream!r} sample_rate")
+        self.stream_channels = ow.int_in(s.get("channel_count"), 1, ow.MAX_STREAM_CHANNELS,
+                                         f"stream {self.stream!r} channel_count")
+        self.channels = list(range(self.stream_channels)) if self._channels_arg is None else list(self._channels_arg)
+        bad = [c for c in self.channels if not 0 <= c < self.stream_channels]
+        if bad:
+            raise self._fault(f"channel(s) {bad} not in stream {self.stream!r}; allowed: 0..{self.stream_channels - 1}")
 
     # ---- Amplifier -----------------------------------------------------------------------------------------------
     @property
@@ -134,10 +211,17 @@ class OpenEphysGUI(Amplifier):
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 2 * max(1, self.stream_channels))  # bounded latency: ~2 blocks queued
         sub.setsockopt(zmq.RCVBUF, 128 * 1024)
+        sub.setsockopt(zmq.MAXMSGSIZE, ow.MAX_FRAME_BYTES)  # a larger frame disconnects the peer: silence
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(f"tcp://{self.host}:{self.data_port}")
+        url = self.data_url or f"tcp://{self.host}:{self.data_port}"
+        try:
+            sub.connect(url)
+        except zmq.ZMQError as exc:
+            sub.close(0)
+            raise self._fault(f"cannot subscribe to {url} ({exc})") from exc
         self._sub = sub
         self._pending.clear()
+        self._pending_bytes = 0
         self._expected_msg = None
         self._next_sample = None
         mode = "RECORD" if self.record else "ACQUIRE"
@@ -163,18 +247,24 @@ class OpenEphysGUI(Amplifier):
         """Broadcast a text message into the GUI's signal chain (e.g. to mark a stimulus in its recording)."""
         self.http("/api/message", {"text": text})
 
-    def _receive(self) -> None:
-        wait_s = self.timeout_s if self._expected_msg is not None else max(self.timeout_s, START_TIMEOUT_S)
-        if not self._sub.poll(int(wait_s * 1000), zmq.POLLIN):
-            raise self._fault(f"no data for {wait_s} s (acquisition stalled or stopped)")
-        frames = self._sub.recv_multipart()
-        if len(frames) < 2 or frames[0] not in (ow.ENVELOPE_DATA, ow.ENVELOPE_EVENT):
-            raise self._fault(f"malformed ZMQ message ({len(frames)} frames, envelope {frames[0][:8]!r})")
+    def _receive(self, deadline: float, wait_s: float, got_any: bool) -> None:
+        """Take one message (waiting at most until `deadline`) into the pending blocks."""
+        left = deadline - time.monotonic()
         try:
-            header = json.loads(frames[1])
-            num = int(header["message_num"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise self._fault(f"malformed ZMQ message header ({exc})") from exc
+            frames = self._next_frames(left)
+        except zmq.ZMQError as exc:  # the socket closed or the context ended under this read
+            raise self._fault(f"data socket failed ({exc})") from exc
+        if frames is None:
+            if got_any:  # messages came, but not a whole block: a stall mid-block or a stream of strays
+                waiting = {s: sorted(set(self.channels) - set(c))[:8] for s, c in sorted(self._pending.items())[:3]}
+                raise self._fault(f"no complete block within {wait_s} s (acquisition stalled or stopped, or only "
+                                  f"messages that complete no block; sample -> missing channels {waiting})")
+            raise self._fault(f"no data for {wait_s} s (acquisition stalled or stopped)")
+        try:
+            msg = ow.parse_message(frames)
+        except ow.WireError as exc:
+            raise self._fault(str(exc)) from exc
+        num = msg.message_num
         if self._expected_msg is not None and num != self._expected_msg:
             if num == 1 and self._expected_msg > 1:  # the plugin restarts its count at acquisition start
                 raise self._fault(f"acquisition restarted in the GUI (message_num back to 1 after "
@@ -182,28 +272,48 @@ class OpenEphysGUI(Amplifier):
             raise self._fault(f"message_num jumped from {self._expected_msg} to {num}: "
                               f"{num - self._expected_msg} message(s) lost")
         self._expected_msg = num + 1
-        if frames[0] != ow.ENVELOPE_DATA or header.get("type") != "data":
-            return  # events and spikes are not this amplifier's business
-        c = header.get("content", {})
-        if c.get("stream") != self.stream:
-            return
-        try:
-            ch, n, first = int(c["channel_num"]), int(c["num_samples"]), int(c["sample_num"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise self._fault(f"malformed data header ({exc})") from exc
-        if len(frames) != 3 or len(frames[2]) != 4 * n or header.get("data_size", 4 * n) != 4 * n:
-            raise self._fault(f"partial data message for channel {ch} at sample {first}")
-        if ch in self._col:
-            self._pending.setdefault(first, {})[ch] = np.frombuffer(frames[2], dtype="<f4")
+        if not msg.is_data or msg.stream != self.stream or msg.channel_num not in self._col or not len(msg.values):
+            return  # events, spikes, other streams and channels are not this amplifier's business
+        ch, first, values = msg.channel_num, msg.sample_num, msg.values
+        if not np.all(np.isfinite(values)):
+            i = int(np.argmin(np.isfinite(values)))
+            raise self._fault(f"channel {ch} sample {first + i} is {values[i]} (not a finite µV value)")
+        if self._next_sample is not None and first < self._next_sample:
+            raise self._fault(f"channel {ch} sent sample {first}, before the next expected {self._next_sample}")
+        block = self._pending.setdefault(first, {})
+        if ch in block:
+            raise self._fault(f"channel {ch} of the block at sample {first} arrived twice")
+        block[ch] = values
+        self._pending_bytes += values.nbytes
+        if len(self._pending) > ow.MAX_PENDING_BLOCKS or self._pending_bytes > ow.MAX_PENDING_BYTES:
+            oldest = min(self._pending)
+            missing = sorted(set(self.channels) - set(self._pending[oldest]))
+            raise self._fault(f"{len(self._pending)} blocks ({self._pending_bytes} bytes) wait for channels; "
+                              f"the block at sample {oldest} still lacks channel(s) {missing[:8]}")
+
+    def _next_frames(self, left_s: float) -> list[bytes] | None:
+        """The next message's frames (at most MAX_FRAMES + 1 kept), or None if none came within `left_s`."""
+        if left_s <= 0 or not self._sub.poll(max(1, math.ceil(left_s * 1000)), zmq.POLLIN):
+            return None
+        frames = [self._sub.recv()]
+        while self._sub.getsockopt(zmq.RCVMORE):
+            frame = self._sub.recv()
+            if len(frames) < ow.MAX_FRAMES + 1:
+                frames.append(frame)  # later frames are read and dropped: one message stays one message
+        return frames
 
     def read(self) -> Chunk:
         if self._sub is None:
             raise self._fault("read() before start()")
+        wait_s = self.timeout_s if self._expected_msg is not None else max(self.timeout_s, START_TIMEOUT_S)
+        deadline = time.monotonic() + wait_s
+        got_any = False
         while True:
             ready = [s for s, chans in self._pending.items() if len(chans) == len(self.channels)]
             if ready:
                 break
-            self._receive()
+            self._receive(deadline, wait_s, got_any)
+            got_any = True
         first = min(ready)
         if self._next_sample is not None and first != self._next_sample:
             raise self._fault(f"sample_num jumped from {self._next_sample} to {first}")
@@ -211,6 +321,7 @@ class OpenEphysGUI(Amplifier):
         if older:
             raise self._fault(f"block at sample {older[0]} is incomplete (a channel's message was lost)")
         chans = self._pending.pop(first)
+        self._pending_bytes -= sum(v.nbytes for v in chans.values())
         n = len(next(iter(chans.values())))
         out = np.empty((n, len(self.channels)), np.float32)
         for ch, values in chans.items():

@@ -92,24 +92,41 @@ class PulsePal(Stimulator):
                                              write_timeout=self.timeout_s)
             except _IO_ERRORS as exc:
                 raise DeviceError(f"Pulse Pal at {self.port}: cannot open the port ({exc})") from exc
-            self._serial.reset_input_buffer()
-            self._write(w.message(w.OP_HANDSHAKE))
-            reply = self._read_exact(5, "handshake reply")
-            if reply[0] != w.HANDSHAKE_REPLY:
-                raise self._fault(f"handshake answered {reply.hex(' ')}, expected 4b + firmware version")
-            self.firmware_version = struct.unpack("<I", reply[1:])[0]
-            if self.firmware_version < w.MIN_V2_FIRMWARE:
-                raise self._fault(f"firmware {self.firmware_version} is a Pulse Pal 1.x; "
-                                  f"allowed: Pulse Pal 2 (firmware >= {w.MIN_V2_FIRMWARE})")
-            self._write(w.message(w.OP_CLIENT_ID, b"RIGCTL"))
-            self._write(w.message(w.OP_PROGRAM_ALL, self._rest_program()))
-            self._expect_ack("program all")
+            try:
+                self._handshake_and_rest()
+            except DeviceError:
+                # best effort (never raises): stop whatever the device may be doing, then let the port go
+                # so a reconnect starts clean
+                self.safe_state()
+                self._close_port()
+                raise
             self._cache = {}
             for ch in range(1, w.N_OUTPUTS + 1):
                 for param, value in self._rest_values().items():
                     self._cache[(param, ch)] = value
             self._armed = []
             self.faulted = None
+
+    def _handshake_and_rest(self) -> None:
+        """Flush, handshake, identify and program every output at rest; any port failure is a DeviceError
+        (pyserial lets termios.error / OSError through its flush when the device vanished just after open)."""
+        try:
+            self._serial.reset_input_buffer()
+        except _IO_ERRORS as exc:
+            raise self._fault(f"the port failed right after opening ({type(exc).__name__}: {exc}); "
+                              "device unplugged?") from exc
+        self._write(w.message(w.OP_HANDSHAKE))
+        reply = self._read_exact(5, "handshake reply")
+        try:
+            self.firmware_version = w.parse_handshake(reply)
+        except ValueError as exc:
+            raise self._fault(str(exc)) from exc
+        if self.firmware_version < w.MIN_V2_FIRMWARE:
+            raise self._fault(f"firmware {self.firmware_version} is a Pulse Pal 1.x; "
+                              f"allowed: Pulse Pal 2 (firmware >= {w.MIN_V2_FIRMWARE})")
+        self._write(w.message(w.OP_CLIENT_ID, b"RIGCTL"))
+        self._write(w.message(w.OP_PROGRAM_ALL, self._rest_program()))
+        self._expect_ack("program all")
 
     def reconnect(self) -> None:
         """After a fault (e.g. the cable was replugged): reopen the same port; queued commands are dropped."""
@@ -200,6 +217,14 @@ class PulsePal(Stimulator):
                                   f"{ {k: list(v) for k, v in self.channel_electrodes.items()} }")
         return channels
 
+    def check_deliverable(self, command: StimCommand) -> None:
+        """Whole output groups, a voltage pulse within ±10 V at the outputs, phases on the 50-µs grid."""
+        self.channels_for(command.electrodes)
+        self.pulse_program(command.pulse)
+
+    def delivered_pulse(self, pulse: BiphasicPulse) -> BiphasicPulse:
+        return self.output_pulse(pulse)
+
     def pulse_program(self, pulse: BiphasicPulse) -> dict[int, int]:
         """Op-74 values for one biphasic pulse, or DeviceError if the device cannot produce it."""
         if pulse.unit != "mV":
@@ -224,6 +249,24 @@ class PulsePal(Stimulator):
                 w.P_PHASE1_DUR: ticks["phase1_us"], w.P_INTERPHASE: ticks["interphase_us"],
                 w.P_PHASE2_DUR: ticks["phase2_us"], w.P_INTERPULSE: MAX_UNIT_PULSE_GAP_TICKS,
                 w.P_TRAIN_DUR: length}
+
+    def output_pulse(self, pulse: BiphasicPulse) -> BiphasicPulse:
+        """The pulse the outputs put on the electrodes when `pulse` is commanded, or DeviceError.
+
+        Each phase voltage goes through the firmware's 16-bit code and the 12-bit DAC (4.9 mV steps over
+        ±10 V), so an amplitude that is no DAC level arrives shifted by up to one step (±1 V → −1.00098 /
+        +0.99609 V): the culture sees this pulse, not the commanded one, and a run through a Pulse Pal
+        matches the directly driven simulated rig only when that rig is given this pulse.
+        """
+        program = self.pulse_program(pulse)
+        rest = w.code_to_volts(w.volts_to_code(0.0))  # outputs rest at 0 V (op 73 on connect)
+
+        def mv(code: int) -> float:
+            return (w.code_to_volts(code) - rest) * self.mV_per_volt
+
+        return BiphasicPulse(mv(program[w.P_PHASE1_V]), program[w.P_PHASE1_DUR] * w.CYCLE_US,
+                             mv(program[w.P_PHASE2_V]), program[w.P_PHASE2_DUR] * w.CYCLE_US,
+                             program[w.P_INTERPHASE] * w.CYCLE_US, unit="mV")
 
     # ---- Stimulator -----------------------------------------------------------------------------------------
     def schedule(self, command: StimCommand) -> None:

@@ -154,7 +154,8 @@ def _build_pulsepal(ctx: Ctx, sec: dict, amp, closers: list) -> tuple[Any, dict]
         if ctx.bus is None:
             raise ctx.fail("stimulator.port", port, "a serial device when the amplifier is a real device "
                                                     "(an emulated stimulator needs an emulated culture to act on)")
-        emu = PulsePalEmulator(ctx.bus, outputs, sample_rate_hz=amp.sample_rate_hz, clock=ctx.amp_clock).start()
+        emu = PulsePalEmulator(ctx.bus, outputs, sample_rate_hz=amp.sample_rate_hz, clock=ctx.amp_clock,
+                               mV_per_volt=gain).start()
         closers.append(emu.close)
         ctx.emulators.append(emu)
         port = emu.port
@@ -178,6 +179,9 @@ def _no_stimulator():
 
         def schedule(self, command) -> None:
             raise DeviceError("this rig has no stimulator (rig file: stimulator.driver: none)")
+
+        def check_deliverable(self, command) -> None:
+            self.schedule(command)
 
         def abort(self) -> None:
             pass

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable
 
 from rigctl.drivers.base import Stimulator
-from rigctl.errors import RigctlError, SafetyViolation
+from rigctl.errors import DeviceError, RigctlError, SafetyViolation
 from rigctl.types import BiphasicPulse, StimCommand
 
 
@@ -47,11 +47,11 @@ class HardRange:
 # Hard ranges per limit (docs/safety.md). A rig file narrows a limit within its range, never widens it.
 HARD_RANGES: dict[str, HardRange] = {
     "max_amplitude_uA": HardRange(
-        0.0, 100.0, "Intan RHS reaches 2.55 mA per channel; 100 uA x 200 us (20 nC) is the most any shipped "
-                    "protocol shape may reach before the charge ceiling binds"),
+        0.0, 100.0, "rigctl's choice: twice the default; at 200 us per phase it meets the 20 nC charge "
+                    "ceiling (an Intan RHS can source 2.55 mA, so the device does not bound it)"),
     "max_amplitude_mV": HardRange(
-        0.0, 2000.0, "twice the reference protocol's 1 V; MCS MEA manual: voltage-driven stimulation charges TiN "
-                     "electrodes positively and a higher voltage risks electrolysis"),
+        0.0, 2000.0, "rigctl's choice: twice the reference protocol's ~1 V; MCS MEA manual: voltage pulses "
+                     "charge TiN electrodes and positive charge electrolyses them (a Pulse Pal reaches 10 V)"),
     "max_charge_per_phase_nC": HardRange(
         0.0, 20.0, "MCS MEA manual: safe charge injection of TiN 23 mC/cm^2 (163 nC on a 30 um electrode), "
                    "Pt 0.4 mC/cm^2 (2.8 nC): 20 nC keeps TiN 8x below its limit; Pt rigs must narrow it"),
@@ -241,6 +241,17 @@ class GuardedStimulator(Stimulator):
                 raise SafetyViolation(f"electrode(s) {_short(bad)} are not in the rig's "
                                       "safety.allowed_electrodes")
         lim.check_pulse(command.pulse)
+        delivered = getattr(self.inner, "delivered_pulse", None)
+        if delivered is not None:
+            try:
+                actual = delivered(command.pulse)
+            except DeviceError as exc:
+                raise SafetyViolation(f"the stimulator cannot deliver the pulse: {exc}") from exc
+            if actual != command.pulse:
+                try:
+                    lim.check_pulse(actual)
+                except SafetyViolation as exc:
+                    raise SafetyViolation(f"as the device delivers it ({actual}): {exc}") from exc
         too_fast = (rates or self.rates).violations(electrodes, command.sample, self.min_interval)
         if too_fast:
             raise SafetyViolation(f"electrode(s) {_short(too_fast)} would be pulsed faster than "

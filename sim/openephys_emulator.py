@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
 import numpy as np
 import zmq
@@ -39,6 +40,7 @@ class OpenEphysFaults:
     garbage_next: list[bytes] | None = None  # published as-is before the next data message
     drop_next: int = 0  # messages skipped (message_num still counts them, as when PUB drops)
     truncate_next_payload: int | None = None  # the next data message carries only this many payload bytes
+    rewrite: Callable[[list[bytes]], list[bytes]] | None = None  # every data message's frames -> what is sent
     extra: dict = field(default_factory=dict)
 
 
@@ -280,6 +282,8 @@ class OpenEphysEmulator:
 
     def _publish(self, frames: list[bytes], stop: threading.Event) -> bool:
         f = self.faults
+        if f.rewrite is not None:
+            frames = f.rewrite(frames)
         if f.garbage_next is not None:
             frames, f.garbage_next = f.garbage_next, None  # a corrupt message in place of this one
         if f.truncate_next_payload is not None and len(frames) == 3:

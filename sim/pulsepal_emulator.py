@@ -13,7 +13,9 @@ Modelled on firmware 2.0.1 (sanworks/PulsePal `Firmware/PulsePal_2_0_1/PulsePal_
   delay after the trigger was parsed; a trigger for a channel that is still playing is remembered and
   starts the channel again the tick after its train ends (the firmware only clears the flag when idle);
 - the train is killed at `pulseTrainDuration` after onset even mid-pulse; a pulse is not started if
-  its first phase cannot finish inside the current burst.
+  its first phase cannot finish inside the current burst;
+- outputs: a phase's 16-bit voltage code reaches the electrodes through the 12-bit DAC (its top 12
+  bits, `_pulsepal_wire.code_to_volts`), so the culture gets the DAC level, e.g. -1.00098 V for -1 V.
 Time is the culture's sample clock (`clock()`), not the wall clock: in accelerated runs the device is
 "at" the sample the loop has read up to.
 """
@@ -95,13 +97,14 @@ class PulsePalEmulator:
     """
 
     def __init__(self, bus, channel_electrodes: dict[int, tuple[int, ...]], *, sample_rate_hz: float,
-                 firmware_version: int = 21, clock: Callable[[], int] | None = None):
+                 firmware_version: int = 21, clock: Callable[[], int] | None = None, mV_per_volt: float = 1000.0):
         if firmware_version < w.MIN_V2_FIRMWARE:
             raise ValueError("only Pulse Pal 2 firmware (>= 20) is emulated")
         self.bus = bus
         self.channel_electrodes = {int(k): tuple(int(e) for e in v) for k, v in channel_electrodes.items()}
         self.fs = float(sample_rate_hz)
         self.firmware_version = firmware_version
+        self.mV_per_volt = float(mV_per_volt)  # electrode mV per output volt (1000: wired directly)
         self.clock = clock or (lambda: int(bus.now_sample))
         self.faults = FaultSwitches()
         self.lock = threading.RLock()
@@ -505,7 +508,12 @@ class PulsePalEmulator:
         t.next_pulse_tick += length + p["interpulse"]
 
     def _shape(self, p: dict[str, int], start: int, end: int) -> BiphasicPulse:
-        """Phase voltages relative to rest, phase lengths cut where the train is killed."""
+        """Phase voltages relative to rest, phase lengths cut where the train is killed.
+
+        Voltages are DAC levels, unrounded: a level is -10 + 20 k / 4096 V, so (level - rest) x 1000 is
+        exact in floating point and the culture gets exactly what `PulsePal.output_pulse` predicts
+        (rounding to 1 nV would give -1000.976562 mV for the -1000.9765625 mV level).
+        """
         rest = w.code_to_volts(p["resting_v"])
         left = end - start
         ph1 = min(p["phase1_dur"], left)
@@ -514,11 +522,11 @@ class PulsePalEmulator:
             ipi = min(p["interphase"], left)
             left -= ipi
             ph2 = min(p["phase2_dur"], left)
-            v2 = (w.code_to_volts(p["phase2_v"]) - rest) * 1000.0
+            v2 = (w.code_to_volts(p["phase2_v"]) - rest) * self.mV_per_volt
         else:
             ipi, ph2, v2 = 0, 0, 0.0
-        v1 = (w.code_to_volts(p["phase1_v"]) - rest) * 1000.0
-        return BiphasicPulse(round(v1, 6), ph1 * w.CYCLE_US, round(v2, 6), ph2 * w.CYCLE_US,
+        v1 = (w.code_to_volts(p["phase1_v"]) - rest) * self.mV_per_volt
+        return BiphasicPulse(v1, ph1 * w.CYCLE_US, v2, ph2 * w.CYCLE_US,
                              ipi * w.CYCLE_US if ph2 else 0.0, unit="mV")
 
     def channel_busy(self, ch: int) -> bool:

@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -108,6 +109,13 @@ class RhxFaults:
     hung: bool = False  # stops answering commands and stops sending data; sockets stay open
     garbage_in_next_write: bytes = b""  # bytes inserted before the next waveform write
     cut_next_write_at: int | None = None  # send only this many bytes of the next write, then drop the data socket
+    # the reply to the next command batch containing this text (case-insensitive) leaves `reply_delay_s`
+    # late, while the batch itself takes effect at once and later batches are served meanwhile (a reply
+    # stuck on the way: the controller has done what it was told, the client cannot know it)
+    delay_reply_to: str | None = None
+    reply_delay_s: float = 0.0
+    # (batch text, reply) -> the bytes sent instead, for every batch (hostile replies for the fuzzer)
+    rewrite_reply: Callable[[str, str], bytes] | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -145,6 +153,7 @@ class RHXEmulator:
         self.version = version
         self.faults = RhxFaults()
         self.lock = threading.RLock()
+        self._reply_lock = threading.Lock()
         self.channels = {n.lower(): default_channel_state() for n in self.names}
         self.uploaded = {n.lower(): default_channel_state() for n in self.names}
         self.blocks_per_write = 10
@@ -251,14 +260,22 @@ class RHXEmulator:
                     break
                 if self.faults.hung:
                     continue
+                text = data.decode("latin-1")
                 with self.lock:  # a batch is atomic with respect to the controller's clock
                     self._hold_until = 0.0  # a new batch: the held clock runs again after it
-                    reply = self._batch(data.decode("latin-1"))
-                if reply:
-                    try:
-                        client.sendall(reply.encode("latin-1"))
-                    except OSError:
-                        break
+                    reply = self._batch(text)
+                out = reply.encode("latin-1")
+                f = self.faults
+                if f.rewrite_reply is not None:
+                    out = f.rewrite_reply(text, reply)
+                if f.delay_reply_to is not None and f.delay_reply_to.lower() in text.lower():
+                    f.delay_reply_to = None
+                    late = threading.Timer(f.reply_delay_s, self._reply, (client, out))
+                    late.daemon = True
+                    late.start()
+                    continue
+                if out and not self._reply(client, out):
+                    break
             with self.lock:
                 if self._cmd_client is client:
                     self._cmd_client = None
@@ -267,6 +284,15 @@ class RHXEmulator:
             except OSError:
                 pass
             # back to Disconnected: nobody listens until the operator presses Connect
+
+    def _reply(self, client: socket.socket, data: bytes) -> bool:
+        """One write per reply (a delayed reply may come from a timer thread); False if the client is gone."""
+        with self._reply_lock:
+            try:
+                client.sendall(data)
+                return True
+            except OSError:
+                return False
 
     def _batch(self, text: str) -> str:
         out: list[str] = []

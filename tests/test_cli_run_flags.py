@@ -82,3 +82,10 @@ def test_the_pulse_as_the_pulse_pal_delivers_it_must_pass_the_limits(capsys, tmp
                         "--out", str(tmp_path / "r"), "--no-progress")
     assert code == 2 and "as the device delivers it" in err and "1000.9765625" in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_voltage_protocol_on_the_rhs_is_refused_before_the_run_directory(capsys, tmp_path):
+    code, err = run_cli(capsys, "isomura2023_bss", "--rig", str(RIGS / "rhx_sim.yaml"), "--out", str(tmp_path / "r"),
+                        "--no-progress")
+    assert code == 2 and "RHS channels deliver current" in err and "command 1 of the plan" in err, err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()

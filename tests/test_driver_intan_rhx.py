@@ -1,5 +1,7 @@
 """The Intan RHX driver against its emulator on loopback: data, stimulation timing, refusals, faults."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -169,3 +171,114 @@ def test_command_port_not_listening():
     emu.close()
     with pytest.raises(DeviceError, match="cannot connect to the command port"):
         IntanRHX("127.0.0.1", port, electrode_channels=NAMES, timeout_s=0.2)
+
+
+def emulator_stim_enabled(emu) -> list[str]:
+    """Channels the controller holds (or has uploaded) with stimulation enabled, asked the way a client
+    asks: `get <channel>.StimEnabled` through the emulator's own command handling."""
+    on = [n for n in emu.names if emu._get(f"{n}.stimenabled") != "Return: StimEnabled False"]
+    return sorted(set(on) | {n.upper() for n, p in emu.uploaded.items() if p["stimenabled"]})
+
+
+def test_a_channel_armed_in_a_batch_whose_reply_times_out_is_disabled_and_never_fires(setup):
+    """Issue 11 item 4: the arming batch reaches the controller (channel enabled, trigger latched) but
+    its reply is late. The DeviceError must leave no channel enabled and no pulse may reach the culture."""
+    backend, emu, drv = setup
+    drv.start()
+    run(drv, 1000)
+    emu.faults.delay_reply_to = "manualstimtriggerpulse"
+    emu.faults.reply_delay_s = 1.5 * drv.timeout_s
+    target = drv.clock + 12000  # 480 ms ahead: armed at once (within the 500 ms post-trigger delay)
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError, match="no reply within 1.0 s"):
+        drv.schedule(StimCommand(target, (3,), PULSE))
+    assert time.monotonic() - t0 < 2 * drv.timeout_s + 0.5
+    assert any(c.lower() == "set a-003.stimenabled true" for c in emu.commands)  # the enable did go out
+    assert emulator_stim_enabled(emu) == []
+    assert drv.safe_state_verified and drv.pending == 0
+    run(drv, target + 2000)  # the controller runs on past the pulse's sample
+    assert emu.delivered == [] and backend.got == []
+
+
+def test_safe_state_with_the_command_port_dead_does_not_raise_and_says_it_is_unverified(setup):
+    backend, emu, drv = setup
+    drv.start()
+    run(drv, 1000)
+    drv.schedule(StimCommand(drv.clock + 12000, (3,), PULSE))
+    assert drv.triggers_sent == 1
+    emu.drop_command_client()
+    t0 = time.monotonic()
+    drv.safe_state()  # never raises, and gives up within its budget
+    assert time.monotonic() - t0 < drv.timeout_s + 0.5
+    assert not drv.safe_state_verified and "A-003" in drv.unverified_channels
+
+
+@pytest.mark.parametrize("item, pattern, value", [
+    ("SampleRateHertz", r"Return: SampleRateHertz \S+", "inf"),
+    ("SampleRateHertz", r"Return: SampleRateHertz \S+", "0"),
+    ("SampleRateHertz", r"Return: SampleRateHertz \S+", "nan"),
+    ("SampleRateHertz", r"Return: SampleRateHertz \S+", "1e999"),
+    ("SampleRateHertz", r"Return: SampleRateHertz \S+", "fast"),
+    ("StimStepSizeMicroAmps", r"Return: StimStepSizeMicroAmps \S+", "0"),
+    ("StimStepSizeMicroAmps", r"Return: StimStepSizeMicroAmps \S+", "NaN"),
+    ("TCPWaveformDataOutputPort", r"Return: TCPWaveformDataOutputPort \S+", "port"),
+    ("TCPWaveformDataOutputPort", r"Return: TCPWaveformDataOutputPort \S+", "9" * 30),
+    ("CurrentTimestamp", r"Return: -?\d+", "-5"),
+])
+def test_impossible_reply_values_are_device_errors(item, pattern, value):
+    """Issue 11 item 10: a reply value RHX cannot send (infinite or zero sample rate, zero step size,
+    non-numeric, NaN, huge) is a DeviceError naming the item, never ValueError/OverflowError/ZeroDivisionError,
+    and the stimulator is left safe."""
+    import re
+
+    backend = ClockBackend(chunk_samples=250, n_electrodes=16)
+    emu = RHXEmulator(backend, channel_names=NAMES, step_uA=1.0).start()
+    emu.faults.rewrite_reply = lambda batch, reply: re.sub(pattern, f"Return: {item} {value}"
+                                                           if item != "CurrentTimestamp" else f"Return: {value}",
+                                                           reply).encode("latin-1")
+    drv = None
+    try:
+        with pytest.raises(DeviceError, match=item):
+            drv = IntanRHX("127.0.0.1", emu.command_port, electrode_channels=NAMES, timeout_s=1.0)
+            drv.start()
+            drv.schedule(StimCommand(drv.clock + 6000, (0,), PULSE))
+            run(drv, 10000)
+        assert emulator_stim_enabled(emu) == [] and emu.delivered == []
+    finally:
+        if drv is not None:
+            drv.close()
+        emu.close()
+
+
+def test_safe_state_from_another_thread_while_the_driver_is_busy(setup):
+    """The loop's watchdog calls safe_state while the loop thread holds the driver (mid-exchange): the
+    disable still goes out at once, unverified; the next safe state skips the answers owed to it and
+    verifies. No pulse reaches the culture."""
+    import threading
+
+    backend, emu, drv = setup
+    drv.start()
+    run(drv, 1000)
+    target = drv.clock + 12000
+    drv.schedule(StimCommand(target, (3,), PULSE))
+    held, release = threading.Event(), threading.Event()
+
+    def busy():
+        with drv._lock:
+            held.set()
+            release.wait(10.0)
+
+    t = threading.Thread(target=busy)
+    t.start()
+    held.wait(5.0)
+    t0 = time.monotonic()
+    drv.safe_state()
+    elapsed = time.monotonic() - t0
+    release.set()
+    t.join()
+    assert elapsed < drv.timeout_s + 0.5
+    assert not drv.safe_state_verified and "another thread" in drv.safe_state_problem
+    drv.safe_state()  # its own read-back comes after the first one's answer, which it skips
+    assert drv.safe_state_verified and emulator_stim_enabled(emu) == []
+    run(drv, target + 2000)
+    assert emu.delivered == [] and backend.got == []

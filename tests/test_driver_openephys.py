@@ -158,7 +158,8 @@ def test_open_ephys_python_tools_controls_the_emulator():
         assert emu.messages == ["hello"]
         gui.idle()  # the vendor client stops acquisition under our driver: it reports the stall
         assert emu.mode == "IDLE" and gui.status() == "IDLE"
-        with pytest.raises(DeviceError, match="no data for 1.0 s"):
+        # a stop mid-block leaves a partial block: reported as such, within the same read deadline
+        with pytest.raises(DeviceError, match=r"no (data for|complete block within) 1.0 s"):
             read_until(drv, 10 ** 9)
         gui.acquire()
         assert gui.status() == "ACQUIRE"
@@ -189,3 +190,84 @@ def test_bss_through_open_ephys_and_pulse_pal_matches_the_direct_rig(tmp_path):
     assert oe.errors == [] and pp.errors == []
     delivered = sorted((c.sample, e) for c in pp.delivered for e in c.electrodes)
     assert delivered == sorted(zip(sa["sample"].tolist(), sa["electrode"].tolist()))
+
+
+# ---- hostile messages (issue 11 item 10) ----------------------------------------------------------------
+
+def _rewrite_header(change):
+    """An emulator rewrite that edits every data message's JSON header with `change(header, channel)`."""
+    def rewrite(frames):
+        header = json.loads(frames[1])
+        change(header, header["content"]["channel_num"])
+        return [frames[0], json.dumps(header).encode(), *frames[2:]]
+    return rewrite
+
+
+def _nan_in_channel_3(frames):
+    header = json.loads(frames[1])
+    if header["content"]["channel_num"] != 3:
+        return frames
+    values = np.frombuffer(frames[2], "<f4").copy()
+    values[5] = np.nan
+    return [frames[0], frames[1], values.tobytes()]
+
+
+@pytest.mark.parametrize("rewrite, garbage, message", [
+    (_nan_in_channel_3, None, r"channel 3 sample \d+ is nan"),
+    (None, [b"DATA\x00", b"[" * 100_000 + b"]" * 100_000], "malformed ZMQ message header"),  # RecursionError
+    (None, [b"DATA\x00", b'{"message_num": 1e400}'], "message_num"),  # OverflowError
+    (_rewrite_header(lambda h, ch: h.update(content=[h["content"]])), None, "content"),  # AttributeError
+    (_rewrite_header(lambda h, ch: h["content"].update(num_samples=1e400)), None, "num_samples"),
+    (_rewrite_header(lambda h, ch: ch == 3 and h["content"].update(channel_num="3")), None, "channel_num"),
+], ids=["nan_sample", "deep_nesting", "infinite_message_num", "content_a_list", "infinite_num_samples",
+        "channel_num_a_string"])
+def test_hostile_zmq_messages_are_device_errors(setup, rewrite, garbage, message):
+    """NaN samples, deeply nested or wrong-typed JSON headers, infinite numbers: DeviceError naming what is
+    wrong, never RecursionError/AttributeError/OverflowError, and never a NaN silently turned into 0."""
+    _, emu, drv = setup
+    drv.start()
+    read_until(drv, 1000)
+    emu.faults.rewrite, emu.faults.garbage_next = rewrite, garbage
+    with pytest.raises(DeviceError, match=message):
+        read_until(drv, 50_000)  # past what the sockets may hold from before the fault
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h, ch: h["content"].update(sample_num=h["content"]["sample_num"] + ch * 10 ** 9),
+     "blocks .* wait for channels"),  # every channel's block at its own sample: none ever completes
+    (lambda h, ch: h["content"].update(stream="another_stream"), "no complete block within 1.0 s"),
+], ids=["blocks_never_complete", "only_another_stream"])
+def test_messages_that_never_complete_a_block_time_out_with_bounded_memory(change, message):
+    """Messages keep arriving but no block of ours completes: read() must raise within its deadline,
+    holding a bounded number of incomplete blocks, not wait (and accumulate) forever."""
+    import threading
+    import time
+
+    backend = ClockBackend(chunk_samples=250, n_electrodes=16)
+    emu = OpenEphysEmulator(backend, block_samples=200).start()
+    drv = OpenEphysGUI("127.0.0.1", emu.http_port, timeout_s=1.0)
+    outcome: dict = {}
+
+    def reader():
+        try:
+            read_until(drv, 10 ** 9)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["exc"] = exc
+        outcome["t"] = time.monotonic()
+
+    try:
+        drv.start()
+        read_until(drv, 1000)
+        emu.faults.rewrite = _rewrite_header(change)
+        t0 = time.monotonic()
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        t.join(3 * drv.timeout_s)
+        assert not t.is_alive(), "read() did not return while messages kept arriving"
+        assert isinstance(outcome["exc"], DeviceError) and outcome["t"] - t0 < drv.timeout_s + 0.5
+        assert __import__("re").search(message, str(outcome["exc"]))
+    finally:
+        emu.faults.stalled = True  # lets a reader that never returned time out before the socket closes
+        t.join(5.0) if "t" in locals() else None
+        drv.stop()
+        emu.close()

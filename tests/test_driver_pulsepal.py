@@ -236,3 +236,38 @@ def test_vendor_python_client_talks_to_the_emulator():
         if pp is not None:
             pp.close()
         emu.close()
+
+
+# ---- connect on a port that fails at once (issue 11 item 10) ----------------------------------------------
+
+@pytest.mark.parametrize("failure", ["hang_up", "port_closed"])
+def test_port_that_fails_right_after_opening_is_a_device_error(monkeypatch, failure):
+    """The cable is pulled (the pty's far end hangs up: termios.error EIO) or the port is closed under
+    the driver (SerialException) between opening it and flushing its input: a DeviceError, port released."""
+    import os
+    import pty
+
+    import serial
+
+    master, slave = pty.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    opened: list[serial.Serial] = []
+
+    class FailsAfterOpen(serial.Serial):
+        def open(self):
+            super().open()
+            opened.append(self)
+            if failure == "hang_up":
+                os.close(master)  # the real kernel pty now fails every termios call on the port
+            else:
+                self.close()
+
+    monkeypatch.setattr(serial, "Serial", FailsAfterOpen)
+    try:
+        with pytest.raises(DeviceError, match=f"Pulse Pal at {name}"):
+            PulsePal(name, WIRING, 25000.0, timeout_s=0.2)
+        assert opened and not opened[0].is_open  # nothing left holding the port
+    finally:
+        if failure != "hang_up":
+            os.close(master)
