@@ -61,7 +61,7 @@ from rigctl.drivers import _openephys_wire as ow
 from rigctl.drivers import _pulsepal_wire as pw
 from rigctl.drivers import _rhx_wire as rw
 from rigctl.drivers import intan_rhx, openephys
-from rigctl.drivers._bench import RampBackend
+from rigctl.benchmarks.drivers import RampBackend
 from rigctl.drivers.intan_rhx import IntanRHX
 from rigctl.drivers.openephys import OpenEphysGUI
 from rigctl.drivers.pulsepal import PulsePal
