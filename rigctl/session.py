@@ -21,7 +21,7 @@ from rigctl.online import SelectivityTracker
 from rigctl.protocol import load_protocol
 from rigctl.rigs import Rig, open_rig
 from rigctl.safety import GuardedStimulator
-from rigctl.store import SessionStore, check_new_run_dir, load_run_meta, read_trials
+from rigctl.store import SessionStore, check_new_run_dir, load_run_meta, read_stims, read_trials
 from rigctl.types import TrialRecord
 
 
@@ -30,6 +30,15 @@ def stored_trial_records(run_dir: Path) -> list[TrialRecord]:
     declared = [name for name in t.dtype.names if name not in ("session", "trial", "sample", "counts")]
     return [TrialRecord(int(r["session"]), int(r["trial"]), int(r["sample"]), r["counts"].copy(),
                         {name: _field_value(r[name]) for name in declared}) for r in t]
+
+
+def last_pulse_per_electrode(run_dir: Path) -> dict[int, int]:
+    """Each electrode's last delivered pulse in stims.bin (what the rate limit must remember on resume)."""
+    stims = read_stims(run_dir)
+    last: dict[int, int] = {}
+    for electrode, sample in zip(stims["electrode"].tolist(), stims["sample"].tolist()):
+        last[electrode] = max(sample, last.get(electrode, sample))
+    return last
 
 
 def _field_value(value):
@@ -225,6 +234,7 @@ def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=o
         else:
             store.drop_torn_records()
             runner.continue_from(stored_trial_records(run_dir))
+            guarded.rates.last_sample = last_pulse_per_electrode(run_dir)  # the rate limit spans the crash
         _check_plan(plan, guarded, rig, first_trial=runner.next_to_schedule)
         store.append_event("resume", trials_done=runner.n_done)
         store.update_meta(status="running")

@@ -205,3 +205,31 @@ def test_resume_writes_the_report_a_kill_during_reporting_left_missing(small_pro
     again = rigctl("run", "--resume", str(out), "--no-progress", check=False)
     assert again.returncode == 2 and "already complete and reported" in again.stderr
     assert "Traceback" not in proc.stderr + again.stderr
+
+
+def test_a_hardware_resume_remembers_the_pulses_before_the_crash(small_protocol, tmp_path, monkeypatch):
+    """The culture cannot be rewound, so the rate limit must span the crash: it starts from stims.bin."""
+    from fakes import fake_hardware_rig_factory
+    from rigctl.session import last_pulse_per_electrode
+
+    out = tmp_path / "hw"
+    call = (f"start_run({str(small_protocol)!r}, RunOptions(seed=2, progress=False, chunk_ms=50.0), {str(out)!r}, "
+            "rig_factory=factory)")
+    code = KILL_AT_CHUNK.format(tests=str(TESTS), entry="start_run", call=call, kill_chunk=120).replace(
+        "from fakes import fake_rig_factory", "from fakes import fake_hardware_rig_factory as fake_rig_factory")
+    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 137
+    stims = read_stims(out)
+    last = last_pulse_per_electrode(out)
+    assert last and all(last[e] == stims["sample"][stims["electrode"] == e].max() for e in last)
+    seen = []
+    from rigctl.safety import GuardedStimulator
+
+    original = GuardedStimulator.check_plan
+
+    def spy(self, commands):  # what the guard remembers when the rest of the plan is checked
+        seen.append(dict(self.rates.last_sample))
+        return original(self, commands)
+
+    monkeypatch.setattr(GuardedStimulator, "check_plan", spy)
+    resume_run(out, RunOptions(progress=False), rig_factory=fake_hardware_rig_factory)
+    assert seen and seen[0] == last
