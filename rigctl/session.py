@@ -32,12 +32,14 @@ def stored_trial_records(run_dir: Path) -> list[TrialRecord]:
                         {name: _field_value(r[name]) for name in declared}) for r in t]
 
 
-def last_pulse_per_electrode(run_dir: Path) -> dict[int, int]:
-    """Each electrode's last delivered pulse in stims.bin (what the rate limit must remember on resume)."""
+def last_pulse_per_electrode(run_dir: Path, before_sample: int | None = None) -> dict[int, int]:
+    """Each electrode's last pulse in stims.bin before `before_sample` (what the rate limit must remember on
+    resume; pulses from the first trial that is sent again on are that trial's, handed over ahead of time)."""
     stims = read_stims(run_dir)
     last: dict[int, int] = {}
     for electrode, sample in zip(stims["electrode"].tolist(), stims["sample"].tolist()):
-        last[electrode] = max(sample, last.get(electrode, sample))
+        if before_sample is None or sample < before_sample:
+            last[electrode] = max(sample, last.get(electrode, sample))
     return last
 
 
@@ -234,7 +236,10 @@ def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=o
         else:
             store.drop_torn_records()
             runner.continue_from(stored_trial_records(run_dir))
-            guarded.rates.last_sample = last_pulse_per_electrode(run_dir)  # the rate limit spans the crash
+            # the rate limit spans the crash: every pulse before the first trial that is sent again
+            nxt = runner.next_to_schedule
+            redo = plan.trial(nxt, 0).sample if plan.open_loop and nxt < plan.n_trials else None
+            guarded.rates.last_sample = last_pulse_per_electrode(run_dir, before_sample=redo)
         _check_plan(plan, guarded, rig, first_trial=runner.next_to_schedule)
         store.append_event("resume", trials_done=runner.n_done)
         store.update_meta(status="running")
