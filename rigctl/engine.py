@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 import yaml
 
-from rigctl.types import StimCommand, TrialRecord
+from rigctl.types import BssFieldAccess, StimCommand, TrialRecord
 
 RAW_POLICIES = ("all", "trials", "none")
 SPIKE_POLICIES = ("all", "trials")
@@ -65,7 +65,7 @@ def trial_dtype(trial_fields: Iterable[TrialField], n_electrodes: int) -> np.dty
 
 
 @dataclass(frozen=True)
-class PlannedTrial:
+class PlannedTrial(BssFieldAccess):
     """Everything about trial `index` (0-based over the run) that is known before it happens."""
 
     index: int
@@ -75,16 +75,6 @@ class PlannedTrial:
     command: StimCommand | None  # None: a trial without stimulation
     fields: dict[str, Any] = field(default_factory=dict)  # the protocol's declared trial fields
     last_in_session: bool = False
-
-    @property
-    def sources(self) -> np.ndarray:
-        """BSS: the hidden sources of this trial."""
-        return self.fields["sources"]
-
-    @property
-    def stimuli(self) -> np.ndarray:
-        """BSS: the stimulus pattern of this trial."""
-        return self.fields["stimuli"]
 
     def record(self, counts: np.ndarray) -> TrialRecord:
         return TrialRecord(self.session, self.trial, self.sample, counts, dict(self.fields))

@@ -113,15 +113,10 @@ class StimCommand:
     pulse: BiphasicPulse
 
 
-@dataclass(frozen=True, eq=False)
-class TrialRecord:
-    """One trial of a protocol: where it sits, the protocol's own trial fields, and the evoked counts."""
+class BssFieldAccess:
+    """`sources` and `stimuli` of a BSS trial, read from its declared `fields`."""
 
-    session: int  # 1-based
-    trial: int  # 1-based within the session
-    sample: int  # the pulse's sample index (nominal onset when nothing was stimulated)
-    counts: np.ndarray  # int32 [n_recording_electrodes], evoked spikes in the response window
-    fields: dict = field(default_factory=dict)  # the protocol's declared trial fields (BSS: sources, stimuli)
+    fields: dict
 
     @property
     def sources(self) -> np.ndarray:
@@ -132,6 +127,17 @@ class TrialRecord:
     def stimuli(self) -> np.ndarray:
         """BSS: the stimulus pattern, uint8 [n_stimuli], 0/1 per stimulus channel of the protocol."""
         return self.fields["stimuli"]
+
+
+@dataclass(frozen=True, eq=False)
+class TrialRecord(BssFieldAccess):
+    """One trial of a protocol: where it sits, the protocol's own trial fields, and the evoked counts."""
+
+    session: int  # 1-based
+    trial: int  # 1-based within the session
+    sample: int  # the pulse's sample index (nominal onset when nothing was stimulated)
+    counts: np.ndarray  # int32 [n_recording_electrodes], evoked spikes in the response window
+    fields: dict = field(default_factory=dict)  # the protocol's declared trial fields (BSS: sources, stimuli)
 
     @staticmethod
     def bss(session: int, trial: int, sample: int, sources: np.ndarray, stimuli: np.ndarray,
