@@ -48,7 +48,8 @@ YAML_SUFFIXES = (".yaml", ".yml")
 EXTENDS_ALLOWED = f"the file name of another protocol (ending .yaml or .yml, at most {MAX_EXTENDS_NAME} characters)"
 
 
-def _identifier(v: str) -> str | None:
+def name_problem(v: str) -> str | None:
+    """Why `v` cannot name a protocol (and so its run directory), or None."""
     return None if NAME_PATTERN.fullmatch(v) and ".." not in v else f"allowed: {NAME_ALLOWED}"
 
 
@@ -87,7 +88,7 @@ PULSE_SCHEMA = {
 }
 
 BSS_SCHEMA = {
-    "name": Field(str, required=True, check=_identifier, allowed=NAME_ALLOWED),
+    "name": Field(str, required=True, check=name_problem, allowed=NAME_ALLOWED),
     "kind": Field(str, "bss", check=one_of(["bss"])),
     "description": Field(str, ""),
     "reference": Field(str, ""),

@@ -10,7 +10,7 @@ import numpy as np
 
 from rigctl.errors import StoreError
 from rigctl.export import load_run_info, load_run_trials
-from rigctl.store import read_jsonl, read_records
+from rigctl.store import RunInfo, read_jsonl, read_records
 
 #: run.json's `status` once the run has done all its trials; anything else (running, interrupted, failed) is not.
 COMPLETE = "complete"
@@ -189,8 +189,9 @@ def write_report(run_dir: Path, warn: Callable[[str], None] | None = None) -> Pa
     """Write RUN_DIR/summary.json and the plots of the run's protocol kind; return the summary's path. `warn`
     gets one line if the run is not complete (`incomplete_warning`)."""
     run_dir = Path(run_dir)
-    kind = load_run_info(run_dir).meta.get("protocol_kind", "bss")  # runs before protocol kinds were BSS runs
-    summary, plotter = (build_summary(run_dir), plot_summary) if kind == "bss" else _kind_report(run_dir, kind)
+    info = load_run_info(run_dir)
+    kind = info.meta.get("protocol_kind", "bss")  # runs before protocol kinds were BSS runs
+    summary, plotter = (build_summary(run_dir), plot_summary) if kind == "bss" else _kind_report(info, kind)
     message = incomplete_warning(summary, run_dir)
     if message and warn is not None:
         warn(message)
@@ -205,11 +206,11 @@ def write_report(run_dir: Path, warn: Callable[[str], None] | None = None) -> Pa
     return path
 
 
-def _kind_report(run_dir: Path, kind: str) -> tuple[dict[str, Any], Callable[[dict, Path], list[Path]]]:
+def _kind_report(info: RunInfo, kind: str) -> tuple[dict[str, Any], Callable[[dict, Path], list[Path]]]:
     """The summary of a non-BSS run (common part, then the kind's own) and the function that plots it."""
     from rigctl.yamlcheck import load_located
 
-    info = load_run_info(run_dir)
+    run_dir = info.path
     meta = info.meta
     protocol = load_located(run_dir / "protocol.yaml", error=StoreError).data
     trials = read_records(run_dir / "trials.bin", info.trial_dtype)

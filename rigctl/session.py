@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-import re
 import signal
 import sys
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from rigctl.errors import RigctlError, SafetyViolation, StoreError
 from rigctl.engine import Protocol, ProtocolConfig
 from rigctl.loop import LoopConfig, LoopStats, ProtocolRunner
 from rigctl.online import SelectivityTracker
-from rigctl.protocol import load_protocol
+from rigctl.protocol import load_protocol, name_problem
 from rigctl.rigs import Rig, open_rig
 from rigctl.safety import GuardedStimulator
 from rigctl.store import SessionStore, check_new_run_dir, load_run_meta, read_stims, read_trials
@@ -59,14 +58,11 @@ class RunOptions:
     overrides: tuple[str, ...] = ()  # --set FIELD=VALUE, applied to the protocol file before validation
 
 
-RUN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-
-
 def default_out_dir(protocol: ProtocolConfig, seed: int) -> Path:
     """runs/<name>-seed<N>-<time>; the name must be an identifier, so the directory stays under runs/."""
-    if not RUN_NAME.fullmatch(protocol.name) or ".." in protocol.name:
-        raise RigctlError(f"{protocol.source_file}: field 'name' has value {protocol.name[:80]!r}; allowed: an "
-                          "identifier (a letter, then up to 63 letters, digits, '_', '.', '-'; no '..')")
+    problem = name_problem(protocol.name)
+    if problem:
+        raise RigctlError(f"{protocol.source_file}: field 'name' has value {protocol.name[:80]!r}; {problem}")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{protocol.name}-seed{seed}-{stamp}"
 
