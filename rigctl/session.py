@@ -20,7 +20,7 @@ from rigctl.online import SelectivityTracker
 from rigctl.protocol import load_protocol, name_problem
 from rigctl.rigs import Rig, open_rig
 from rigctl.safety import GuardedStimulator
-from rigctl.store import SessionStore, check_new_run_dir, load_run_meta, read_stims, read_trials
+from rigctl.store import RunLock, SessionStore, check_new_run_dir, load_run_meta, read_stims, read_trials
 from rigctl.types import TrialRecord
 
 
@@ -204,7 +204,16 @@ def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=o
     """Continue a stored run. A run whose loop completed but whose report is missing (killed while
     reporting) returns at once, so the caller writes the report."""
     run_dir = Path(run_dir)
-    meta = load_run_meta(run_dir)
+    meta = load_run_meta(run_dir)  # names a missing or foreign directory before a lock file is made in it
+    lock = RunLock.acquire(run_dir)
+    try:
+        return _resume_locked(run_dir, lock, options, publisher, rig_factory)
+    finally:
+        lock.release()  # the store released it already unless the resume failed before opening the store
+
+
+def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher, rig_factory) -> Path:
+    meta = load_run_meta(run_dir)  # again, under the lock: another writer may have moved it on meanwhile
     if meta.get("status") == "complete":
         if not (run_dir / "summary.json").exists():
             return run_dir
@@ -219,7 +228,7 @@ def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=o
     rig = rig_factory(meta["rig"], seed=seed, drug=protocol.drug, realtime=options.realtime,
                       chunk_ms=options.chunk_ms)
     try:
-        store = SessionStore.open_existing(run_dir)
+        store = SessionStore.open_existing(run_dir, lock)
         plan, guarded = _guard(protocol, seed, rig)
         runner = _make_runner(plan, guarded, rig, store, options, publisher)
         checkpoint = store.read_checkpoint()

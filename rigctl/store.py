@@ -9,6 +9,7 @@ Layout (see docs/store.md):
   raw.bin, raw_index.bin   kept raw int16 samples (interleaved) and their (first_sample, n, offset) index
   events.jsonl        session starts/ends, overruns, faults, resumes (one JSON object per line)
   model_sessions.jsonl     per-session outputs of the online models (predictions, free energy, ...)
+  .lock               held (flock) by the one process writing the run; never two writers at once
   checkpoint.npz      latest checkpoint: loop/rig/model state and the byte length of every file above
                       (plain data and arrays, never pickle: rigctl.checkpoint)
 Records are flushed to the OS after every chunk; a SIGKILL loses at most the records of the chunk in flight,
@@ -17,6 +18,7 @@ and `resume` truncates every file back to the checkpoint's lengths before contin
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -77,9 +79,10 @@ class RunInfo:
 class SessionStore:
     """Append-only writer for one run directory (open an existing one, or `create` a new one)."""
 
-    def __init__(self, path: Path, meta: dict[str, Any]):
+    def __init__(self, path: Path, meta: dict[str, Any], lock: "RunLock | None" = None):
         self.path = Path(path)
         self.meta = meta
+        self._lock = lock
         self.info = RunInfo(self.path, meta)
         self._trial_dtype = self.info.trial_dtype
         self._trial_field_names = [f.name for f in self.info.trial_fields]
@@ -94,10 +97,12 @@ class SessionStore:
         path = Path(path)
         check_new_run_dir(path)
         tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
+        lock = None
         try:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
+            lock = RunLock.acquire(tmp)  # held across the rename: nobody resumes a run still being started
             for name, text in {"run.json": json.dumps(meta, indent=2) + "\n", **texts}.items():
                 (tmp / name).write_text(text)
             for name in APPEND_FILES:
@@ -106,14 +111,17 @@ class SessionStore:
             os.rename(tmp, path)  # onto a missing or empty directory only
             _fsync_dir(path.parent)
         except OSError as exc:
+            if lock is not None:
+                lock.release()
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(f"{path}: cannot create the run directory ({exc.strerror or exc})") from exc
-        return SessionStore(path, meta)
+        return SessionStore(path, meta, lock)
 
     # ---- opening -------------------------------------------------------------------------------
     @staticmethod
-    def open_existing(path: Path) -> "SessionStore":
-        return SessionStore(path, load_run_meta(path))
+    def open_existing(path: Path, lock: "RunLock") -> "SessionStore":
+        """The store of a run this process holds the lock of (`RunLock.acquire`, before anything is read)."""
+        return SessionStore(path, load_run_meta(path), lock)
 
     def _write_json(self, name: str, obj: Any) -> None:
         tmp = self.path / (name + ".tmp")
@@ -232,6 +240,41 @@ class SessionStore:
                 f.close()
             except ValueError:
                 pass
+        if self._lock is not None:
+            self._lock.release()
+
+
+class RunLock:
+    """The exclusive right to write one run directory: an flock on its `.lock` file, which the kernel drops
+    when the holder exits (SIGKILL included), so a killed run can be resumed at once, while two processes
+    (a resume started twice, a sweep restarted while its old worker still runs) can never interleave
+    their records."""
+
+    def __init__(self, fd: int):
+        self._fd: int | None = fd
+
+    @staticmethod
+    def acquire(run_dir: Path) -> "RunLock":
+        path = Path(run_dir) / ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{run_dir}: cannot open its lock file ({exc.strerror or exc})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"{run_dir}: in use by another rigctl process (pid {holder}); wait for it to end "
+                             "or stop it, then resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return RunLock(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
 
 
 def check_new_run_dir(path: Path) -> None:

@@ -194,6 +194,35 @@ def test_checkpoints_round_trip_every_kind_of_state(tmp_path):
         write_checkpoint_file(tmp_path, {"x": object()})
 
 
+def test_small_arrays_are_inline_and_large_ones_archive_members_both_exact(tmp_path):
+    from rigctl.checkpoint import INLINE_BYTES, read_checkpoint_file, write_checkpoint_file
+
+    rng = np.random.default_rng(0)
+    small = [rng.normal(size=(3, 4)), rng.integers(-9, 9, 7).astype(np.int16), np.asfortranarray(np.eye(3)),
+             np.array([True, False]), np.complex64(1 + 2j), np.zeros((0, 5), np.uint8)]
+    large = rng.normal(size=INLINE_BYTES // 8 + 1)
+    path = write_checkpoint_file(tmp_path, {"small": small, "large": large})
+    with np.load(path, allow_pickle=False) as archive:
+        assert len(archive.files) == 2  # the tree and the one large array: thousands of small ones cost nothing
+    back = read_checkpoint_file(tmp_path)
+    for a, b in zip(small + [large], back["small"] + [back["large"]]):
+        assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(a, b) and np.shape(a) == np.shape(b)
+    assert type(back["small"][4]) is np.complex64 and back["small"][0].flags.writeable
+
+
+def test_a_crafted_inline_array_cannot_ask_for_objects(tmp_path):
+    from rigctl.checkpoint import read_checkpoint_file
+
+    for node in ({"__b": "AAAAAAAAAAA=", "dtype": "|O", "shape": [1]},
+                 {"__b": "AAAAAAAAAAA=", "dtype": [["a", "<i4"]], "shape": [2]},
+                 {"__b": "not base64!", "dtype": "<f8", "shape": [1]},
+                 {"__b": "AAAAAAAAAAA=", "dtype": "<f8", "shape": [3]}):
+        tree = {"format_version": 3, "payload": node}
+        np.savez(tmp_path / "checkpoint.npz", __tree__=np.frombuffer(json.dumps(tree).encode(), np.uint8))
+        with pytest.raises(StoreError, match="corrupt checkpoint"):
+            read_checkpoint_file(tmp_path)
+
+
 def test_resume_writes_the_report_a_kill_during_reporting_left_missing(small_protocol, tmp_path):
     from runcli import rigctl
 
@@ -235,3 +264,31 @@ def test_a_hardware_resume_remembers_the_pulses_before_the_crash(small_protocol,
     monkeypatch.setattr(GuardedStimulator, "check_plan", spy)
     resume_run(out, RunOptions(progress=False), rig_factory=fake_hardware_rig_factory)
     assert seen and seen[0] == last
+
+
+HOLD_LOCK = """
+import sys
+from rigctl.store import RunLock
+lock = RunLock.acquire({out!r})
+print("locked", flush=True)
+sys.stdin.read()  # hold it until the test kills this process
+"""
+
+
+def test_two_writers_never_share_a_run_and_a_killed_holder_frees_it(small_protocol, tmp_path):
+    ref = reference(small_protocol, tmp_path / "ref", 50.0)
+    out = tmp_path / "r"
+    assert start_killed(small_protocol, out, 50.0, 12) == 137
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK.format(out=str(out))], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = {name: (out / name).read_bytes() for name in ("trials.bin", "spikes.bin", "stims.bin")}
+        with pytest.raises(StoreError, match=f"in use by another rigctl process \\(pid {holder.pid}\\)"):
+            resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
+        assert {name: (out / name).read_bytes() for name in before} == before  # nothing touched
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its lock
+        holder.wait()
+    resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
+    assert_same_run(out, ref)
