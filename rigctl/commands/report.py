@@ -13,7 +13,9 @@ def _warn(message: str) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    path = write_report(args.run_dir, warn=_warn)
+    from rigctl.report_sweep import is_sweep_dir, write_sweep_report
+
+    path = write_sweep_report(args.run_dir) if is_sweep_dir(args.run_dir) else write_report(args.run_dir, warn=_warn)
     print(path)
     return 0
 
@@ -24,6 +26,8 @@ def register(sub) -> None:
                                    "mean evoked spikes, response to each source per electrode, selectivity, "
                                    "ensemble separation) and PNG plots into the run directory. A run that is not "
                                    "complete (running, interrupted, failed) is reported over the trials it has, "
-                                   "with a warning on stderr.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+                                   "with a warning on stderr. Given a sweep directory (`rigctl sweep`), it writes "
+                                   "sweep_summary.json and sweep.png: each figure of sweep.csv per condition, mean "
+                                   "and SD over seeds.")
+    p.add_argument("run_dir", metavar="RUN_DIR|SWEEP_DIR")
     p.set_defaults(func=_report)
