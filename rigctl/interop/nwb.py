@@ -139,7 +139,7 @@ def _add_electrodes(nwbfile: Any, run: RunData) -> Any:
     rig = run.meta.get("rig_description") or {}
     amp = rig.get("amplifier") or {"driver": rig.get("kind", "?")}
     device = nwbfile.create_device(name="mea_rig", description=f"rig {run.meta.get('rig', '?')}: amplifier "
-                                   f"{json.dumps(amp, sort_keys=True, default=str)}", manufacturer="unknown")
+                                   f"{json.dumps(amp, sort_keys=True, default=str)}")
     group = nwbfile.create_electrode_group(name="mea", description="all electrodes of the microelectrode array",
                                            location="in vitro neuronal culture", device=device)
     nwbfile.add_electrode_column(name="channel_name", description="electrode name in the rig's layout")
