@@ -318,8 +318,40 @@ def _build_rhx_stimulator(ctx: Ctx, sec: dict, amp, closers: list) -> tuple[Any,
     return amp, {"driver": "rhx", "stim_step_uA": amp.step_uA}
 
 
+def _build_playback_amplifier(ctx: Ctx, sec: dict, closers: list) -> tuple[Any, dict]:
+    """`amplifier: {driver: playback, path: ...}`: another system's recording (rigctl.interop.recording) played
+    chunk by chunk through the loop and signal path like a live amplifier; paths are relative to the rig file."""
+    from rigctl.drivers.playback import PlaybackAmplifier
+    from rigctl.interop.recording import FORMATS, RecordingFrames, open_recording
+    from rigctl.interop.spikeinterface import layout_from_probe_file
+
+    _check_keys(ctx, sec, "amplifier", ("driver", "path", "probe", "chunk_ms", "loop"))
+    path = ctx.doc.path.parent / ctx.get(sec, "amplifier", "path", str, required=True, allowed=FORMATS)
+    chunk_ms = ctx.get(sec, "amplifier", "chunk_ms", float, ctx.chunk_ms or 10.0, allowed="0.1 to 10000 ms")
+    if not 0.1 <= chunk_ms <= 10000:
+        raise ctx.fail("amplifier.chunk_ms", chunk_ms, "0.1 to 10000 ms")
+    loop = ctx.get(sec, "amplifier", "loop", bool, False, allowed="true (start again at the end) or false")
+    probe = ctx.get(sec, "amplifier", "probe", str, None, allowed="a probeinterface JSON file")
+    try:
+        frames = RecordingFrames(open_recording(path, label="amplifier.path"))
+    except RigctlError as exc:
+        raise RigFileError(f"{ctx.doc.where('amplifier.path')}: {exc}") from None
+    layout = frames.layout
+    if probe:
+        try:
+            layout = layout_from_probe_file(ctx.doc.path.parent / probe)[0]
+        except RigctlError as exc:
+            raise RigFileError(f"{ctx.doc.where('amplifier.probe')}: {exc}") from None
+    if layout.n_electrodes != frames.shape[1]:
+        raise ctx.fail("amplifier.probe", probe, f"a probe of {frames.shape[1]} contacts (the recording's channels)")
+    amp = PlaybackAmplifier(frames, frames.sample_rate_hz, max(1, round(chunk_ms * 1e-3 * frames.sample_rate_hz)),
+                            frames.uV_per_bit, loop=loop, realtime=ctx.realtime, layout=layout)
+    return amp, {"driver": "playback", "path": str(path), "probe": probe, "mode": "voltage"}
+
+
 AMPLIFIER_BUILDERS: dict[str, Callable] = {"sim": _build_sim_amplifier, "rhx": _build_rhx_amplifier,
-                                          "openephys": _build_openephys_amplifier}
+                                          "openephys": _build_openephys_amplifier,
+                                          "playback": _build_playback_amplifier}
 STIMULATOR_BUILDERS: dict[str, Callable] = {"pulsepal": _build_pulsepal, "rhx": _build_rhx_stimulator,
                                             "none": lambda ctx, sec, amp, closers: (_no_stimulator(), {"driver": "none"})}
 

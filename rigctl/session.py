@@ -182,6 +182,7 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
             "shapes": _shapes(plan, rig.amplifier.n_channels),
             "trial_fields": [f.to_json() for f in plan.trial_fields],
             "sample_rate_hz": rig.amplifier.sample_rate_hz,
+            "uV_per_bit": rig.amplifier.uV_per_bit,  # the scale of raw.bin (exporters: volts)
             "platform": {"python": platform.python_version(), "numpy": np.__version__},
             "status": "running",
         }

@@ -30,3 +30,15 @@ def small_protocol(tmp_path):
         "raw_window_ms: [-5, 35]\n"
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def bss_voltage_run(tmp_path_factory):
+    """One 2-session BSS run on the simulated voltage rig (16 trials a session; raw kept around trials),
+    shared by the interop tests: NWB export, SpikeInterface views."""
+    from runcli import rigctl
+
+    out = tmp_path_factory.mktemp("interop") / "bss2"
+    rigctl("run", "isomura2023_bss", "--rig", "sim", "--sessions", "2", "--set", "trials_per_session=16",
+           "--out", str(out))
+    return out

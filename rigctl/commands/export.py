@@ -1,4 +1,5 @@
-"""`rigctl export trials RUN_DIR`: the trial table as CSV on stdout."""
+"""`rigctl export trials RUN_DIR`: the trial table as CSV on stdout; `rigctl export nwb RUN_DIR`: the whole run
+as one NWB file (rigctl.interop.nwb; extra `[nwb]`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,33 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_nwb(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rigctl.export import load_run_info
+    from rigctl.interop.nwb import export_nwb, inspect_nwb, severe
+
+    run_dir = Path(args.run_dir)
+    load_run_info(run_dir)  # a missing or non-run directory is one line before any optional import
+    out = Path(args.output) if args.output else run_dir / f"{run_dir.resolve().name}.nwb"
+    path, warnings = export_nwb(run_dir, out)
+    for text in warnings:
+        print(f"rigctl export nwb: warning: {text}", file=sys.stderr)
+    print(f"wrote {path}", file=sys.stderr)
+    if not args.inspect:
+        return 0
+    findings = inspect_nwb(path)
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.importance.name] = counts.get(f.importance.name, 0) + 1
+    for f in severe(findings):
+        print(f"nwbinspector: {f.importance.name} {f.check_function_name} at {f.location}: {f.message}",
+              file=sys.stderr)
+    summary = ", ".join(f"{n} {name.lower()}" for name, n in sorted(counts.items())) or "no findings"
+    print(f"nwbinspector: {summary}", file=sys.stderr)
+    return 1 if severe(findings) else 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a run's data", description="Export a run's data.")
     what = p.add_subparsers(dest="what", metavar="WHAT")
@@ -23,3 +51,15 @@ def register(sub) -> None:
                                     "sample = the pulse's sample index; r in the rig's electrode order).")
     t.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `rigctl run`")
     t.set_defaults(func=_export)
+    n = what.add_parser("nwb", help="the whole run as one NWB file (pip install 'rigctl[nwb]')",
+                        description="Write the run as NWB (docs/interop.md): electrodes with positions, kept raw "
+                                    "samples (int16, in volts through `conversion`), detected spikes (multi-unit, "
+                                    "one row per electrode), every delivered stimulus, the trials with the "
+                                    "protocol's fields, metadata and the online models' results. An unfinished "
+                                    "run is exported with a warning.")
+    n.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `rigctl run`")
+    n.add_argument("-o", "--output", metavar="FILE.nwb", help="output file (its directory must exist; "
+                                                              "default RUN_DIR/<run name>.nwb)")
+    n.add_argument("--inspect", action="store_true", help="run nwbinspector on the file; exit 1 on a critical "
+                                                          "or error finding")
+    n.set_defaults(func=_export_nwb)
