@@ -9,28 +9,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import model_validator
 
+from rigctl.config import refusal, spec
 from rigctl.engine import PlannedTrial, Protocol, ProtocolConfig, TrialField
-from rigctl.protocol import COMMON_SCHEMA, common_values, electrode_list, load_pulse
+from rigctl.errors import ProtocolError
+from rigctl.protocol import common_values, parse_file
+from rigctl.protocol_schema import ProtocolFile, PulseFile, electrode_problem
 from rigctl.types import BiphasicPulse, StimCommand
-from rigctl.yamlcheck import Field, LocatedDoc, in_range, one_of, validate_fields
+from rigctl.yamlcheck import LocatedDoc
 
 KIND = "electrode_scan"
 MAX_SCAN_TRIALS = 1_000_000
 
-SCHEMA = {
-    **COMMON_SCHEMA,
-    "kind": Field(str, KIND, check=one_of([KIND])),
-    "electrodes": Field(list, required=True, allowed="the candidate stimulation electrodes"),
-    "repetitions": Field(int, 20, check=in_range(1, 10000)),
-    "isi_s": Field(float, 0.5, check=in_range(0.02, 3600)),
-    "pulse": Field(dict, required=True),
-    "reliable_probability": Field(float, 0.5, check=in_range(0.0, 1.0),
-                                  allowed="P(at least one spike in the window) above which a response is reliable"),
-}
+
+class ElectrodeScanFile(ProtocolFile):
+    """What a `kind: electrode_scan` file may say."""
+
+    kind: Literal["electrode_scan"] = KIND
+    electrodes: list = spec(about="the candidate stimulation electrodes")
+    repetitions: int = spec(20, ge=1, le=10000)
+    isi_s: float = spec(0.5, ge=0.02, le=3600)
+    pulse: PulseFile
+    reliable_probability: float = spec(0.5, ge=0.0, le=1.0, about="P(at least one spike in the window) above "
+                                                                  "which a response is reliable")
+
+    @model_validator(mode="after")
+    def _electrodes(self) -> "ElectrodeScanFile":
+        """The electrodes' values, once every field is valid (as the file is read: the pulse first)."""
+        problem = electrode_problem(self.electrodes)
+        if problem:
+            raise refusal(**problem, field="electrodes")
+        return self
 
 
 @dataclass(frozen=True)
@@ -93,18 +106,11 @@ class ElectrodeScan(Protocol):
 
 
 def load(doc: LocatedDoc, path: Path) -> ElectrodeScanConfig:
-    top = validate_fields(doc, doc.data, SCHEMA)
-    pulse = load_pulse(doc, top["pulse"])
-    electrodes = electrode_list(doc, top["electrodes"], "electrodes")
-    if len(electrodes) * top["repetitions"] > MAX_SCAN_TRIALS:
-        raise _too_many(doc, top, len(electrodes))
-    common = common_values(doc, top, path, top["isi_s"], pulse.duration_us)
-    return ElectrodeScanConfig(**common, sessions=1, electrodes=electrodes, repetitions=top["repetitions"], isi_s=top["isi_s"],
-                               pulse=pulse, reliable_probability=top["reliable_probability"])
-
-
-def _too_many(doc: LocatedDoc, top: dict[str, Any], n: int):
-    from rigctl.errors import ProtocolError
-
-    return ProtocolError(f"{doc.where('repetitions')}: field 'repetitions' has value {top['repetitions']}; "
-                         f"allowed: at most {MAX_SCAN_TRIALS} trials in all ({n} electrodes)")
+    top = parse_file(ElectrodeScanFile, doc)
+    pulse = top.pulse.to_pulse()
+    if len(top.electrodes) * top.repetitions > MAX_SCAN_TRIALS:
+        raise ProtocolError(f"{doc.where('repetitions')}: field 'repetitions' has value {top.repetitions}; "
+                            f"allowed: at most {MAX_SCAN_TRIALS} trials in all ({len(top.electrodes)} electrodes)")
+    common = common_values(doc, top, path, top.isi_s, pulse.duration_us)
+    return ElectrodeScanConfig(**common, sessions=1, electrodes=tuple(top.electrodes), repetitions=top.repetitions,
+                               isi_s=top.isi_s, pulse=pulse, reliable_probability=top.reliable_probability)

@@ -21,25 +21,27 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from rigctl.config import spec
 from rigctl.engine import Protocol, ProtocolConfig
 from rigctl.errors import ProtocolError
-from rigctl.protocol import COMMON_SCHEMA, common_values
-from rigctl.yamlcheck import Field, LocatedDoc, in_range, one_of, validate_fields
+from rigctl.protocol import common_values, parse_file
+from rigctl.protocol_schema import ProtocolFile
+from rigctl.yamlcheck import LocatedDoc
 
 KIND = "python"
 CLASS_REF = re.compile(r"(?P<where>[^:]{1,400}):(?P<name>[A-Za-z_][A-Za-z0-9_]{0,99})")
 
-SCHEMA = {
-    **COMMON_SCHEMA,
-    "kind": Field(str, KIND, check=one_of([KIND])),
-    "class": Field(str, required=True, allowed="FILE.py:Class (relative to this file) or module:Class"),
-    "params": Field(dict, {}, allowed="a mapping of the class's parameters"),
-    "sessions": Field(int, 1, check=in_range(1, 100000)),
-    "trial_spacing_s": Field(float, None, check=in_range(0.001, 3600),
-                             allowed="the shortest time between trials, for the window checks"),
-}
+class PythonFile(ProtocolFile):
+    """What a `kind: python` file may say; `params` are checked by the class's own `Params`."""
+
+    kind: Literal["python"] = KIND
+    class_ref: str = spec(alias="class", about="FILE.py:Class (relative to this file) or module:Class")
+    params: dict = spec({}, about="a mapping of the class's parameters")
+    sessions: int = spec(1, ge=1, le=100000)
+    trial_spacing_s: float | None = spec(None, ge=0.001, le=3600,
+                                         about="the shortest time between trials, for the window checks")
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,8 @@ def protocol_class(class_ref: str) -> type:
 
 
 def load(doc: LocatedDoc, path: Path) -> PythonProtocolConfig:
-    top = validate_fields(doc, doc.data, SCHEMA)
-    ref = top["class"]
+    top = parse_file(PythonFile, doc)
+    ref = top.class_ref
     match = CLASS_REF.fullmatch(ref)
     if match is None:
         raise ProtocolError(f"{doc.where('class')}: field 'class' has value {ref[:80]!r}; allowed: FILE.py:Class "
@@ -110,7 +112,7 @@ def load(doc: LocatedDoc, path: Path) -> PythonProtocolConfig:
         cls = protocol_class(ref)
     except ProtocolError as exc:
         raise ProtocolError(f"{doc.where('class')}: {exc}") from None
-    raw_params = top["params"]
+    raw_params = top.params
     params: Any = dict(raw_params)
     params_type = getattr(cls, "Params", None)
     if params_type is not None and dataclasses.is_dataclass(params_type):
@@ -118,6 +120,6 @@ def load(doc: LocatedDoc, path: Path) -> PythonProtocolConfig:
             params = params_type(**raw_params)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"{doc.where('params')}: field 'params' {str(exc)[:300]}") from None
-    common = common_values(doc, top, path, top["trial_spacing_s"])
-    return PythonProtocolConfig(**common, sessions=top["sessions"], class_ref=ref, params=params,
+    common = common_values(doc, top, path, top.trial_spacing_s)
+    return PythonProtocolConfig(**common, sessions=top.sessions, class_ref=ref, params=params,
                                 raw_params=dict(raw_params))

@@ -9,26 +9,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
+from rigctl.config import spec
 from rigctl.engine import PlannedTrial, Protocol, ProtocolConfig, TrialField
-from rigctl.protocol import COMMON_SCHEMA, common_values
-from rigctl.yamlcheck import Field, LocatedDoc, in_range, one_of, validate_fields
+from rigctl.protocol import common_values, parse_file
+from rigctl.protocol_schema import ProtocolFile
+from rigctl.yamlcheck import LocatedDoc
 
 KIND = "spontaneous"
 
-SCHEMA = {
-    **COMMON_SCHEMA,
-    "kind": Field(str, KIND, check=one_of([KIND])),
-    "duration_s": Field(float, 600.0, check=in_range(1.0, 7 * 86400.0), allowed="seconds recorded"),
-    "raw": Field(str, "none", check=one_of(["all", "none"])),
-    "spikes": Field(str, "all", check=one_of(["all"])),
-    "burst_n": Field(int, 10, check=in_range(2, 10000), allowed="N of ISI_N: spikes in a burst's window"),
-    "burst_isi_n_ms": Field(float, 100.0, check=in_range(1.0, 10000.0),
-                            allowed="ms within which N consecutive spikes fall in a burst"),
-    "burst_min_electrodes": Field(int, 4, check=in_range(1, 4096),
-                                  allowed="electrodes a network burst must involve"),
-}
+
+class SpontaneousFile(ProtocolFile):
+    """What a `kind: spontaneous` file may say (no stimulation: every spike is kept)."""
+
+    kind: Literal["spontaneous"] = KIND
+    duration_s: float = spec(600.0, ge=1.0, le=7 * 86400.0, about="seconds recorded")
+    raw: Literal["all", "none"] = "none"
+    spikes: Literal["all"] = "all"
+    burst_n: int = spec(10, ge=2, le=10000, about="N of ISI_N: spikes in a burst's window")
+    burst_isi_n_ms: float = spec(100.0, ge=1.0, le=10000.0, about="ms within which N consecutive spikes fall in a "
+                                                                 "burst")
+    burst_min_electrodes: int = spec(4, ge=1, le=4096, about="electrodes a network burst must involve")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Spontaneous(Protocol):
 
 
 def load(doc: LocatedDoc, path: Path) -> SpontaneousConfig:
-    top = validate_fields(doc, doc.data, SCHEMA)
+    top = parse_file(SpontaneousFile, doc)
     common = common_values(doc, top, path, None)
-    return SpontaneousConfig(**common, sessions=1, duration_s=top["duration_s"], burst_n=top["burst_n"],
-                             burst_isi_n_ms=top["burst_isi_n_ms"], burst_min_electrodes=top["burst_min_electrodes"])
+    return SpontaneousConfig(**common, sessions=1, duration_s=top.duration_s, burst_n=top.burst_n,
+                             burst_isi_n_ms=top.burst_isi_n_ms, burst_min_electrodes=top.burst_min_electrodes)

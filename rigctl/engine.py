@@ -83,7 +83,7 @@ class PlannedTrial(BssFieldAccess):
 @dataclass(frozen=True)
 class ProtocolConfig(ABC):
     """A validated protocol file: identity and the recording policy the loop applies to every kind
-    (validated by `rigctl.protocol.COMMON_SCHEMA`); each kind is a frozen dataclass adding its own fields."""
+    (declared by `rigctl.protocol_schema.ProtocolFile`); each kind is a frozen dataclass adding its own fields."""
 
     KIND: ClassVar[str] = ""
     NOT_IN_FILE: ClassVar[tuple[str, ...]] = ("source_file",)  # fields a protocol file of this kind does not have

@@ -27,3 +27,7 @@ class ModelInputError(RigctlError):
 
 class LoopOverrun(RigctlError):
     """The real-time loop fell behind its budget in a mode where that is fatal."""
+
+
+class SignalConfigError(RigctlError, ValueError):
+    """A signal-path parameter is out of range (a ValueError too, as the path raised before it was declared)."""

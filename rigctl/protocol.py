@@ -5,8 +5,8 @@ and override fields (the 0 % and 50 % mixing variants override `mixing`). The sc
 of (protocol, seed, sample rate): trial k always gets the same sources, stimuli and sample index, which
 is what makes resume and the hardware-in-the-loop comparisons exact.
 
-Protocol files may come from anyone, so loading is bounded (rigctl.yamlcheck), every number must be finite
-and in range, the name must be an identifier (it names the run directory), `extends` only reaches .yaml
+Protocol files may come from anyone, so loading is bounded (rigctl.yamlcheck), each kind's fields are
+declared (rigctl.protocol_schema: every number finite and in range), the name must be an identifier (it names the run directory), `extends` only reaches .yaml
 files, and the work a valid protocol may ask for is capped (MAX_TRIALS, MAX_SEQUENCE_CELLS, MAX_WINDOW_MS).
 """
 
@@ -20,51 +20,42 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import numpy as np
 import yaml
 
+from rigctl.config import located, parse, protocol_line
 from rigctl.engine import PlannedTrial, Protocol, ProtocolConfig, TrialField
 from rigctl.errors import ProtocolError
+from rigctl.protocol_schema import DRUGS  # noqa: F401  (the commands' --drug choices)
+from rigctl.protocol_schema import MAX_WINDOW_MS, WINDOW_ALLOWED, BssFile, ProtocolFile, is_window, name_problem
 from rigctl.types import BiphasicPulse, StimCommand
-from rigctl.yamlcheck import (Field, LocatedDoc, clip, in_range, is_finite_number, load_located, one_of, show,
-                              show_path, validate_fields)
+from rigctl.yamlcheck import LocatedDoc, clip, load_located, show, show_path
 
-DRUGS = ("none", "bicuculline", "diazepam", "apv")
-MAX_ELECTRODE = 4095
-# The name becomes the run directory runs/<name>-seed...: an identifier, so it cannot leave runs/.
-NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-NAME_ALLOWED = ("an identifier matching ^[A-Za-z][A-Za-z0-9_.-]{0,63}$ without '..' "
-                "(it names the run directory runs/<name>-seed...)")
 # Work a valid protocol may ask for (a protocol file must not be able to exhaust the machine):
 MAX_TRIALS = 10_000_000  # sessions x trials_per_session
 MAX_SEQUENCE_CELLS = 1 << 22  # trials_per_session x stimuli: one session's draw is 8 bytes per cell
-MAX_WINDOW_MS = 10_000  # raw and spike windows lie within +-10 s of their pulse (the run waits for them)
 SESSION_CACHE = 4  # `sequence: fresh` sessions kept drawn (they are recomputed identically on demand)
 MAX_EXTENDS_DEPTH = 8
 MAX_EXTENDS_NAME = 255
 YAML_SUFFIXES = (".yaml", ".yml")
 EXTENDS_ALLOWED = f"the file name of another protocol (ending .yaml or .yml, at most {MAX_EXTENDS_NAME} characters)"
 
-
-def name_problem(v: str) -> str | None:
-    """Why `v` cannot name a protocol (and so its run directory), or None."""
-    return None if NAME_PATTERN.fullmatch(v) and ".." not in v else f"allowed: {NAME_ALLOWED}"
+M = TypeVar("M", bound=ProtocolFile)
 
 
-def _window(max_ms: float | None = None) -> Callable[[Any], str | None]:
-    """[start_ms, end_ms] relative to the pulse: within 0..max_ms when given (the response window, which must
-    end before the next trial), else within +-MAX_WINDOW_MS. Written so NaN and infinity never pass."""
-    lo, hi = (0, max_ms) if max_ms is not None else (-MAX_WINDOW_MS, MAX_WINDOW_MS)
+def parse_file(model: type[M], doc: LocatedDoc) -> M:
+    """`doc` validated against a kind's model; the first problem raised as a one-line ProtocolError."""
+    return parse(model, doc.data, located(doc, ProtocolError, protocol_line))
 
-    def check(v: Any) -> str | None:
-        if not isinstance(v, list) or len(v) != 2 or not all(is_finite_number(x) for x in v):
-            return "allowed: a list [start_ms, end_ms] of two finite numbers"
-        if not lo <= v[0] < v[1] <= hi:
-            return f"allowed: {lo} <= start_ms < end_ms <= {hi}"
-        return None
-    return check
+
+def window_problem(w: Any, lo: float, hi: float) -> str | None:
+    """Why `w` is not a window [start_ms, end_ms] with lo <= start_ms < end_ms <= hi, or None (NaN and
+    infinity never pass)."""
+    if not is_window(w):
+        return f"allowed: {WINDOW_ALLOWED}"
+    return None if lo <= w[0] < w[1] <= hi else f"allowed: {lo} <= start_ms < end_ms <= {hi}"
 
 
 def work_problem(sessions: int, trials_per_session: int, n_stimuli: int) -> str | None:
@@ -77,59 +68,13 @@ def work_problem(sessions: int, trials_per_session: int, n_stimuli: int) -> str 
     return None
 
 
-PULSE_SCHEMA = {
-    "unit": Field(str, "mV", check=one_of(["uA", "mV"])),
-    "phase1_amplitude": Field(float, required=True, check=in_range(-100000, 100000),
-                              allowed="signed amplitude in `unit`"),
-    "phase1_us": Field(float, required=True, check=in_range(1, 100000)),
-    "phase2_amplitude": Field(float, required=True, check=in_range(-100000, 100000)),
-    "phase2_us": Field(float, required=True, check=in_range(1, 100000)),
-    "interphase_us": Field(float, 0.0, check=in_range(0, 100000)),
-}
-
-BSS_SCHEMA = {
-    "name": Field(str, required=True, check=name_problem, allowed=NAME_ALLOWED),
-    "kind": Field(str, "bss", check=one_of(["bss"])),
-    "description": Field(str, ""),
-    "reference": Field(str, ""),
-    "extends": Field(str, None),
-    "seed": Field(int, 0, check=in_range(0, 2**63 - 1)),
-    "sessions": Field(int, 100, check=in_range(1, 100000)),
-    "trials_per_session": Field(int, 256, check=in_range(1, 1000000)),
-    "isi_s": Field(float, 1.0, check=in_range(0.02, 3600)),
-    "rest_s": Field(float, 244.0, check=in_range(0, 86400)),
-    "first_trial_s": Field(float, 1.0, check=in_range(0.1, 3600)),
-    "sequence": Field(str, "repeat", check=one_of(["repeat", "fresh"])),
-    "n_sources": Field(int, 2, check=one_of([2])),
-    "source_p_on": Field(float, 0.5, check=in_range(0, 1)),
-    "mixing": Field(float, 0.75, check=in_range(0, 1),
-                    allowed="P(a group-A stimulus copies source 1); group B uses 1 - mixing"),
-    "stim_groups": Field(dict, required=True, allowed="mapping A: [electrodes], B: [electrodes]"),
-    "pulse": Field(dict, required=True),
-    "response_window_ms": Field(list, [10.0, 30.0]),
-    "raw": Field(str, "trials", check=one_of(["all", "trials", "none"])),
-    "raw_window_ms": Field(list, [-10.0, 40.0], check=_window()),
-    "spikes": Field(str, "trials", check=one_of(["all", "trials"])),
-    "spike_window_ms": Field(list, [-50.0, 100.0], check=_window()),
-    "drug": Field(str, "none", check=one_of(DRUGS)),
-    "checkpoint_every_trials": Field(int, 64, check=in_range(1, 1000000)),
-}
-
-
-# The fields every protocol kind shares (identity and recording policy), validated alike for every kind.
-COMMON_KEYS = ("name", "kind", "description", "reference", "extends", "seed", "first_trial_s", "response_window_ms",
-               "raw", "raw_window_ms", "spikes", "spike_window_ms", "drug", "checkpoint_every_trials")
-COMMON_SCHEMA = {k: BSS_SCHEMA[k] for k in COMMON_KEYS}
-
-
-def common_values(doc: LocatedDoc, top: dict[str, Any], path: Path, trial_spacing_s: float | None,
+def common_values(doc: LocatedDoc, top: ProtocolFile, path: Path, trial_spacing_s: float | None,
                   pulse_duration_us: float = 0.0) -> dict[str, Any]:
-    """The ProtocolConfig fields every kind has, from validated `top`, with the window checks that need the
-    trial spacing (windows no longer than the spacing; the pulse ends before the response window)."""
-    windows = {}
+    """The ProtocolConfig fields every kind has, from the validated file, with the window checks that need
+    the trial spacing (windows no longer than the spacing; the pulse ends before the response window)."""
     for name in ("response_window_ms", "raw_window_ms", "spike_window_ms"):
-        w = top[name]
-        problem = _window()(w)
+        w = getattr(top, name)
+        problem = window_problem(w, -MAX_WINDOW_MS, MAX_WINDOW_MS)
         if problem is None and trial_spacing_s is not None:
             limit = trial_spacing_s * 1000.0
             if name == "response_window_ms" and not (0 <= w[0] and w[1] <= limit):
@@ -138,39 +83,13 @@ def common_values(doc: LocatedDoc, top: dict[str, Any], path: Path, trial_spacin
                 problem = f"allowed: a window no longer than the trial spacing ({limit:g} ms)"
         if problem:
             raise ProtocolError(f"{doc.where(name)}: field '{name}' has value {str(w)[:80]}; {problem}")
-        windows[name] = (float(w[0]), float(w[1]))
+    windows = top.windows()
     if pulse_duration_us / 1000.0 >= windows["response_window_ms"][0] and pulse_duration_us > 0:
         raise ProtocolError(f"{doc.where('pulse')}: the pulse ({pulse_duration_us} µs) must end before the "
                             f"response window starts ({windows['response_window_ms'][0]} ms)")
-    return {"name": top["name"], "description": top["description"], "reference": top["reference"],
-            "seed": top["seed"], "first_trial_s": top["first_trial_s"], "raw": top["raw"], "spikes": top["spikes"],
-            "drug": top["drug"], "checkpoint_every_trials": top["checkpoint_every_trials"],
-            "source_file": str(path), **windows}
-
-
-def load_pulse(doc: LocatedDoc, raw: dict, prefix: str = "pulse.") -> BiphasicPulse:
-    """A `pulse:` mapping, validated (unit, signed amplitudes, phase lengths)."""
-    if not isinstance(raw, dict):
-        raise ProtocolError(f"{doc.where(prefix.rstrip('.'))}: field '{prefix.rstrip('.')}' has value "
-                            f"{str(raw)[:80]}; allowed: a mapping of {', '.join(PULSE_SCHEMA)}")
-    v = validate_fields(doc, raw, PULSE_SCHEMA, prefix=prefix)
-    return BiphasicPulse(v["phase1_amplitude"], v["phase1_us"], v["phase2_amplitude"], v["phase2_us"],
-                         v["interphase_us"], v["unit"])
-
-
-def electrode_list(doc: LocatedDoc, value: Any, field_name: str) -> tuple[int, ...]:
-    """A non-empty list of unique electrode indices."""
-    where = doc.where(field_name)
-    if not isinstance(value, list) or not value:
-        raise ProtocolError(f"{where}: field '{field_name}' has value {str(value)[:80]}; allowed: a non-empty "
-                            "list of electrode indices")
-    for e in value:
-        if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e <= MAX_ELECTRODE:
-            raise ProtocolError(f"{where}: field '{field_name}' has electrode {str(e)[:80]}; allowed: integers "
-                                f"0 to {MAX_ELECTRODE}")
-    if len(set(value)) != len(value):
-        raise ProtocolError(f"{where}: field '{field_name}' repeats an electrode; allowed: unique indices")
-    return tuple(value)
+    return {"name": top.name, "description": top.description, "reference": top.reference, "seed": top.seed,
+            "first_trial_s": top.first_trial_s, "raw": top.raw, "spikes": top.spikes, "drug": top.drug,
+            "checkpoint_every_trials": top.checkpoint_every_trials, "source_file": str(path), **windows}
 
 
 @dataclass(frozen=True)
@@ -391,60 +310,36 @@ def protocol_kinds() -> dict[str, Callable[[LocatedDoc, Path], ProtocolConfig]]:
 
 
 def load_bss(doc: LocatedDoc, path: Path) -> BssProtocol:
-    """Validate a BSS protocol document."""
-    top = validate_fields(doc, doc.data, BSS_SCHEMA)
-    pulse_raw = validate_fields(doc, top["pulse"], PULSE_SCHEMA, prefix="pulse.")
-    pulse = BiphasicPulse(pulse_raw["phase1_amplitude"], pulse_raw["phase1_us"], pulse_raw["phase2_amplitude"],
-                          pulse_raw["phase2_us"], pulse_raw["interphase_us"], pulse_raw["unit"])
-    groups = top["stim_groups"]
-    if set(groups) != {"A", "B"}:  # also catches non-string keys (1:, ~:) without sorting mixed types
-        raise ProtocolError(f"{doc.where('stim_groups')}: field 'stim_groups' has groups "
-                            f"{show(sorted(groups, key=str))}; allowed: exactly A and B")
-    group_lists = {}
-    for g in ("A", "B"):
-        electrodes = groups[g]
-        where = doc.where(f"stim_groups.{g}")
-        if not isinstance(electrodes, list) or not electrodes:
-            raise ProtocolError(f"{where}: field 'stim_groups.{g}' has value {show(electrodes)}; "
-                                "allowed: a non-empty list of electrode indices")
-        for e in electrodes:
-            if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e <= MAX_ELECTRODE:
-                raise ProtocolError(f"{where}: field 'stim_groups.{g}' has electrode {show(e)}; "
-                                    f"allowed: integers 0 to {MAX_ELECTRODE}")
-        if len(set(electrodes)) != len(electrodes):
-            raise ProtocolError(f"{where}: field 'stim_groups.{g}' repeats an electrode; allowed: unique indices")
-        group_lists[g] = tuple(electrodes)
-    both = set(group_lists["A"]) & set(group_lists["B"])
-    if both:
-        raise ProtocolError(f"{doc.where('stim_groups')}: electrodes {show(sorted(both))} are in both groups A and B; "
-                            "allowed: disjoint groups")
-    isi_ms = top["isi_s"] * 1000.0
-    for field_name, limit in (("response_window_ms", isi_ms),):
-        problem = _window(limit)(top[field_name])
-        if problem:
-            raise ProtocolError(f"{doc.where(field_name)}: field '{field_name}' has value {show(top[field_name])}; "
-                                f"{problem} (isi_s = {top['isi_s']})")
+    """Validate a BSS protocol document: the model, then the checks across fields."""
+    top = parse_file(BssFile, doc)
+    pulse = top.pulse.to_pulse()
+    groups = {g: tuple(top.stim_groups[g]) for g in ("A", "B")}
+    isi_ms = top.isi_s * 1000.0
+    problem = window_problem(top.response_window_ms, 0, isi_ms)
+    if problem:
+        raise ProtocolError(f"{doc.where('response_window_ms')}: field 'response_window_ms' has value "
+                            f"{show(top.response_window_ms)}; {problem} (isi_s = {top.isi_s})")
     for field_name in ("raw_window_ms", "spike_window_ms"):
-        w = top[field_name]
+        w = getattr(top, field_name)
         if w[1] - w[0] > isi_ms:
             raise ProtocolError(f"{doc.where(field_name)}: field '{field_name}' has value {show(w)}; allowed: "
                                 f"a window no longer than isi_s ({isi_ms} ms)")
-    if pulse.duration_us / 1000.0 >= top["response_window_ms"][0]:
+    if pulse.duration_us / 1000.0 >= top.response_window_ms[0]:
         raise ProtocolError(f"{doc.where('pulse')}: the pulse ({pulse.duration_us} µs) must end before the "
-                            f"response window starts ({top['response_window_ms'][0]} ms)")
-    problem = work_problem(top["sessions"], top["trials_per_session"], len(group_lists["A"]) + len(group_lists["B"]))
+                            f"response window starts ({top.response_window_ms[0]} ms)")
+    problem = work_problem(top.sessions, top.trials_per_session, len(groups["A"]) + len(groups["B"]))
     if problem:
         raise ProtocolError(f"{doc.where('trials_per_session')}: field 'trials_per_session' has value "
-                            f"{top['trials_per_session']}; {problem}")
+                            f"{top.trials_per_session}; {problem}")
+    windows = top.windows()
     return BssProtocol(
-        name=top["name"], description=top["description"], reference=top["reference"], seed=top["seed"],
-        sessions=top["sessions"], trials_per_session=top["trials_per_session"], isi_s=top["isi_s"],
-        rest_s=top["rest_s"], first_trial_s=top["first_trial_s"], sequence=top["sequence"],
-        source_p_on=top["source_p_on"], mixing=top["mixing"], group_a=group_lists["A"],
-        group_b=group_lists["B"], pulse=pulse, response_window_ms=tuple(map(float, top["response_window_ms"])),
-        raw=top["raw"], raw_window_ms=tuple(map(float, top["raw_window_ms"])), spikes=top["spikes"],
-        spike_window_ms=tuple(map(float, top["spike_window_ms"])), drug=top["drug"],
-        checkpoint_every_trials=top["checkpoint_every_trials"], source_file=str(path),
+        name=top.name, description=top.description, reference=top.reference, seed=top.seed,
+        sessions=top.sessions, trials_per_session=top.trials_per_session, isi_s=top.isi_s, rest_s=top.rest_s,
+        first_trial_s=top.first_trial_s, sequence=top.sequence, source_p_on=top.source_p_on, mixing=top.mixing,
+        group_a=groups["A"], group_b=groups["B"], pulse=pulse, response_window_ms=windows["response_window_ms"],
+        raw=top.raw, raw_window_ms=windows["raw_window_ms"], spikes=top.spikes,
+        spike_window_ms=windows["spike_window_ms"], drug=top.drug,
+        checkpoint_every_trials=top.checkpoint_every_trials, source_file=str(path),
     )
 
 

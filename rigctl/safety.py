@@ -15,9 +15,12 @@ import math
 import numbers
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from rigctl.config import STRICT, Problem, first_problem, refusal
 from rigctl.drivers.base import Stimulator
 from rigctl.errors import DeviceError, RigctlError, SafetyViolation
 from rigctl.types import BiphasicPulse, StimCommand
@@ -64,7 +67,7 @@ HARD_RANGES: dict[str, HardRange] = {
     "max_electrodes_per_command": HardRange(1.0, 4096.0, "largest stimulation array rigctl addresses"),
     "n_electrodes": HardRange(1.0, 65536.0, "largest electrode count rigctl addresses (MaxOne: 26,400)"),
 }
-INTEGER_LIMITS = ("max_electrodes_per_command", "n_electrodes")
+INTEGER_LIMITS = ("max_electrodes_per_command", "n_electrodes")  # the rest are numbers (an int becomes a float)
 
 
 def _is_number(value: object) -> bool:
@@ -82,48 +85,58 @@ def _finite(value: object) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class SafetyLimits:
+def _within(name: str, default: float) -> Any:
+    """A limit's field: its default and its hard range, taken from HARD_RANGES (the one place they live)."""
+    hard = HARD_RANGES[name]
+    low = {"ge": hard.low} if hard.low_inclusive else {"gt": hard.low}
+    return Field(default, le=hard.high, **low)
+
+
+class SafetyLimits(BaseModel):
     """Per-rig limits. Defaults are conservative values for planar MEAs; a rig file narrows them.
 
-    Construction validates every limit against `HARD_RANGES`, so no rig file and no caller can make
-    a limit NaN, infinite, zero where it divides, or wider than its ceiling.
+    Declared, and validated once at construction: no rig file and no caller can make a limit NaN,
+    infinite, zero where it divides, or wider than its ceiling in `HARD_RANGES`; a bad value raises
+    SafetyConfigError naming the limit. Instances are frozen, so the per-command checks read plain,
+    already-valid attributes.
     """
 
-    max_amplitude_uA: float = 50.0
-    max_amplitude_mV: float = 1500.0
-    max_charge_per_phase_nC: float = 10.0
-    charge_balance_tolerance: float = 0.05  # |q1 + q2| / max(|q1|, |q2|)
-    min_phase_us: float = 20.0
-    max_phase_us: float = 1000.0
-    max_rate_hz: float = 50.0  # per electrode
-    max_electrodes_per_command: int = 64
-    allowed_electrodes: frozenset[int] | None = None
-    n_electrodes: int = 64
+    model_config = STRICT
 
-    def __post_init__(self) -> None:
-        for name, hard in HARD_RANGES.items():
-            value = getattr(self, name)
-            if not _finite(value) or not hard.allows(value):
-                raise SafetyConfigError(f"safety.{name}={_short(value)}; allowed: a finite number {hard.describe()} "
-                                        f"(hard range: {hard.source})")
-            if name in INTEGER_LIMITS and not isinstance(value, int):
-                raise SafetyConfigError(f"safety.{name}={_short(value)}; allowed: an integer {hard.describe()}")
+    max_amplitude_uA: float = _within("max_amplitude_uA", 50.0)
+    max_amplitude_mV: float = _within("max_amplitude_mV", 1500.0)
+    max_charge_per_phase_nC: float = _within("max_charge_per_phase_nC", 10.0)
+    charge_balance_tolerance: float = _within("charge_balance_tolerance", 0.05)  # |q1 + q2| / max(|q1|, |q2|)
+    min_phase_us: float = _within("min_phase_us", 20.0)
+    max_phase_us: float = _within("max_phase_us", 1000.0)
+    max_rate_hz: float = _within("max_rate_hz", 50.0)  # per electrode
+    max_electrodes_per_command: int = _within("max_electrodes_per_command", 64)
+    allowed_electrodes: frozenset[int] | None = None
+    n_electrodes: int = _within("n_electrodes", 64)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SafetyConfigError(_limit_line(first_problem(SafetyLimits, exc))) from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SafetyLimits":
         if not self.min_phase_us <= self.max_phase_us:
-            raise SafetyConfigError(f"safety.min_phase_us={self.min_phase_us} exceeds safety.max_phase_us="
-                                    f"{self.max_phase_us}; allowed: min_phase_us <= max_phase_us")
+            raise refusal("", line=f"safety.min_phase_us={self.min_phase_us} exceeds safety.max_phase_us="
+                                   f"{self.max_phase_us}; allowed: min_phase_us <= max_phase_us")
         if self.allowed_electrodes is not None:
-            bad = [e for e in self.allowed_electrodes
-                   if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e < self.n_electrodes]
+            bad = sorted(e for e in self.allowed_electrodes if not 0 <= e < self.n_electrodes)
             if bad:
-                raise SafetyConfigError(f"safety.allowed_electrodes has {_short(bad)}; allowed: integers "
-                                        f"0..{self.n_electrodes - 1}")
+                raise refusal("", line=f"safety.allowed_electrodes has {_short(bad)}; allowed: integers "
+                                       f"0..{self.n_electrodes - 1}")
+        return self
 
     @staticmethod
     def from_dict(values: dict) -> "SafetyLimits":
         """From a rig file's `safety:` mapping; raises SafetyConfigError naming the field."""
-        known = {f.name for f in fields(SafetyLimits)}
-        unknown = sorted(str(k) for k in set(values) - known)
+        known = list(SafetyLimits.model_fields)
+        unknown = sorted(str(k) for k in set(values) - set(known))
         if unknown:
             raise SafetyConfigError(f"unknown safety limit(s) {unknown}; allowed: {sorted(known)}")
         values = dict(values)
@@ -134,13 +147,10 @@ class SafetyLimits:
                 raise SafetyConfigError(f"safety.allowed_electrodes={_short(allowed)}; allowed: a list of "
                                         "electrode indices (integers)")
             values["allowed_electrodes"] = frozenset(allowed)
-        for name, value in values.items():
-            if name != "allowed_electrodes" and not _is_number(value):
-                raise SafetyConfigError(f"safety.{name}={_short(value)}; allowed: a number")
         return SafetyLimits(**values)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = self.model_dump()
         if self.allowed_electrodes is not None:
             d["allowed_electrodes"] = sorted(self.allowed_electrodes)
         return d
@@ -186,6 +196,28 @@ class SafetyLimits:
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _limit_line(p: Problem) -> str:
+    """A refused limit as one line: `safety.max_rate_hz=0; allowed: a finite number > 0 and <= 200 (hard
+    range: ...)`."""
+    if p.line:
+        return p.line
+    if p.kind in ("unknown", "key"):
+        return f"unknown safety limit(s) {[str(p.key)]}; allowed: {sorted(SafetyLimits.model_fields)}"
+    name = p.field.partition(".")[0]
+    hard = HARD_RANGES.get(name)
+    if name == "allowed_electrodes":
+        allowed = "a set of electrode indices (integers)"
+    elif hard is None:
+        allowed = p.allowed
+    elif p.kind == "type" and name in INTEGER_LIMITS and isinstance(p.raw, float):
+        allowed = f"an integer {hard.describe()}"
+    elif p.kind == "type":
+        allowed = "a number"
+    else:
+        allowed = f"a finite number {hard.describe()} (hard range: {hard.source})"
+    return f"safety.{name}={_short(p.raw)}; allowed: {allowed}"
 
 
 @dataclass

@@ -93,7 +93,7 @@ def _signal_factory(rig: Rig):
 
     def make():
         return SignalPath(amp.n_channels, amp.sample_rate_hz, amp.uV_per_bit, config)
-    return make, asdict(config)
+    return make, config.to_dict()
 
 
 def _check_plan(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, first_trial: int = 0) -> None:

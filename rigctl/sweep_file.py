@@ -19,19 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import Field, StrictInt, StrictStr
 
+from rigctl.config import ConfigModel, located, parse, protocol_line
 from rigctl.errors import RigctlError
 from rigctl.protocol import DRUGS, load_protocol
 from rigctl.sweep import Point, SweepError, expand
 from rigctl.yamlcheck import LocatedDoc, load_located, show
 
 
-class SweepModel(BaseModel):
+class SweepModel(ConfigModel):
     """The sweep file's shape. The values of `set`, `grid` and `points` are checked afterwards, point by point,
     by the protocol's own validation (so they get its messages and ranges)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     protocol: StrictStr = Field(min_length=1, max_length=4096)
     rig: StrictStr = Field("sim-events", min_length=1, max_length=4096)
@@ -58,17 +57,6 @@ class Sweep:
                 "retries": self.retries, "points": [{"name": p.name, "params": p.params} for p in self.points]}
 
 
-def _located(doc: LocatedDoc, exc: ValidationError) -> SweepError:
-    err = exc.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
-    if err["type"] == "extra_forbidden":
-        return SweepError(f"{doc.where(loc)}: unknown field '{loc}'; allowed fields: "
-                          f"{', '.join(sorted(SweepModel.model_fields))}")
-    if err["type"] == "missing":
-        return SweepError(f"{doc.where(loc)}: missing required field '{loc}'")
-    return SweepError(f"{doc.where(loc)}: field '{loc}' has value {show(err.get('input'))}; {err['msg']}")
-
-
 def _resolve(ref: str, base: Path) -> str:
     """A path that exists beside the sweep file, made absolute; anything else (a library name) as given."""
     candidate = base / ref
@@ -80,10 +68,7 @@ def load_sweep(path: str | Path) -> Sweep:
     doc = load_located(path, error=SweepError)
     if not isinstance(doc.data, dict):
         raise SweepError(f"{path}: a sweep file is a mapping with at least 'protocol'")
-    try:
-        model = SweepModel.model_validate(doc.data)
-    except ValidationError as exc:
-        raise _located(doc, exc) from None
+    model = parse(SweepModel, doc.data, located(doc, SweepError, protocol_line))
     for key, values in model.grid.items():
         if not values:
             raise SweepError(f"{doc.where('grid.' + key)}: grid '{key}' is empty; allowed: a non-empty list")

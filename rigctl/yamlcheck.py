@@ -1,4 +1,5 @@
-"""Load YAML keeping line numbers, so validation errors can name file, line, field, value and what is allowed.
+"""Load YAML keeping line numbers, so that validation errors (`rigctl.config`) can name file, line, field,
+value and what is allowed.
 
 Protocol and rig files are untrusted input (shared, downloaded, fuzzed), so loading is bounded end to end:
 only regular files of at most MAX_FILE_BYTES are read (never a FIFO, device or directory), nesting depth and
@@ -9,14 +10,13 @@ every error is one line that quotes positions and short, truncated values, never
 from __future__ import annotations
 
 import errno
-import math
 import os
 import re
 import reprlib
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 from yaml.composer import Composer, ComposerError
@@ -316,94 +316,3 @@ def load_located(path: Path, error: type[Exception] = ProtocolError) -> LocatedD
     lines: dict[str, int] = {}
     _collect_lines(node, "", lines)
     return LocatedDoc(path, data, lines)
-
-
-# ---- schemas --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Field:
-    """One allowed field: its type, default (None = required) and a check returning an error or None."""
-
-    kind: type | tuple[type, ...]
-    default: Any = None
-    required: bool = False
-    check: Callable[[Any], str | None] | None = None
-    allowed: str = ""
-
-
-def is_finite_number(v: Any) -> bool:
-    """True for a real int or a finite float (bools are not numbers here)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    return isinstance(v, int) or math.isfinite(v)
-
-
-def in_range(lo: float | None, hi: float | None) -> Callable[[Any], str | None]:
-    """A check for lo <= v <= hi, written so that NaN (every comparison False) is never within limits."""
-    def check(v: Any) -> str | None:
-        if (not is_finite_number(v) or (lo is not None and not lo <= v) or (hi is not None and not v <= hi)):
-            if lo is not None and hi is not None:
-                return f"allowed: {lo} to {hi}"
-            return f"allowed: a finite number at least {lo}" if lo is not None else f"allowed: at most {hi}"
-        return None
-    return check
-
-
-def one_of(options: Sequence[Any]) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        return None if v in options else f"allowed: {', '.join(map(str, options))}"
-    return check
-
-
-_ECHOABLE_KEY = re.compile(r"[A-Za-z0-9_. -]{1,64}")
-
-
-def validate_fields(doc: LocatedDoc, data: dict[str, Any], schema: dict[str, Field], prefix: str = "",
-                    error: type[Exception] = ProtocolError) -> dict[str, Any]:
-    """Check `data` against `schema`; return a new dict with defaults filled in."""
-    out: dict[str, Any] = {}
-    section = prefix.rstrip(".")
-    for key in data:
-        if not isinstance(key, str):
-            raise error(f"{doc.where(section)}: field name {show(key)} in '{section or 'the top level'}' is a "
-                        f"{type(key).__name__}; allowed fields: {', '.join(sorted(schema))}")
-        if key not in schema:
-            # a typo is worth echoing; a "key" that is no field name at all may be someone else's file
-            # (extends: /etc/shadow parses as a mapping keyed by its lines): give its position only
-            named = f"'{prefix}{key}'" if _ECHOABLE_KEY.fullmatch(key) else f"in '{section or 'the top level'}' " \
-                f"(a {len(key)}-character name that is not an identifier, not shown)"
-            raise error(f"{doc.where(prefix + key)}: unknown field {named}; "
-                        f"allowed fields: {', '.join(sorted(schema))}")
-    for key, spec in schema.items():
-        name = prefix + key
-        if key not in data or data[key] is None:
-            if spec.required:
-                raise error(f"{doc.where(section or name)}: missing required field '{name}'"
-                            + (f" ({spec.allowed})" if spec.allowed else ""))
-            out[key] = spec.default
-            continue
-        value = data[key]
-        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            try:
-                value = float(value)
-            except OverflowError:  # an integer beyond float range: in no float field's range
-                problem = (spec.check(value) if spec.check else None) or "allowed: a finite number"
-                raise error(f"{doc.where(name)}: field '{name}' has value {show(value)}; {problem}") from None
-        if isinstance(value, bool) and bool not in kinds:
-            ok = False
-        else:
-            ok = isinstance(value, kinds)
-        if not ok:
-            kind_names = " or ".join(k.__name__ for k in kinds)
-            raise error(f"{doc.where(name)}: field '{name}' has value {show(value)}; expected {kind_names}"
-                        + (f" ({spec.allowed})" if spec.allowed else ""))
-        if isinstance(value, float) and not math.isfinite(value):
-            problem = (spec.check(value) if spec.check else None) or "allowed: a finite number"
-            raise error(f"{doc.where(name)}: field '{name}' has value {show(value)}; {problem} (finite)")
-        if spec.check is not None:
-            problem = spec.check(value)
-            if problem:
-                raise error(f"{doc.where(name)}: field '{name}' has value {show(value)}; {problem}")
-        out[key] = value
-    return out

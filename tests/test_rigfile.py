@@ -107,14 +107,14 @@ def test_missing_file_and_unreachable_device(tmp_path):
 
 
 def test_emulated_stimulator_needs_an_emulated_culture(tmp_path):
-    from rigctl.rigfile import Ctx, _build_pulsepal
+    from rigctl.rigfile import Ctx, _build_pulsepal, parse_rig
     from rigctl.yamlcheck import load_located
 
     doc = load_located(write(tmp_path, GOOD), error=RigFileError)
     ctx = Ctx(doc, 0, "none", False, None, fake_backend, emulators=[])
     amp = fake_sim_rig(0, "events")
     with pytest.raises(RigFileError, match="emulated stimulator needs an emulated culture"):
-        _build_pulsepal(ctx, doc.data["stimulator"], amp, [])
+        _build_pulsepal(ctx, parse_rig(doc).stimulator, amp, [])
 
 
 @contextlib.contextmanager

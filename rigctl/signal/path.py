@@ -9,24 +9,29 @@ depend on how time is cut into chunks. See docs/signal.md for the design and the
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 from scipy.signal import butter, sosfilt, sosfilt_zi
 
+from pydantic import ValidationError, model_validator
+
+from rigctl.config import ConfigModel, Problem, first_problem, refusal, spec
+from rigctl.errors import SignalConfigError
 from rigctl.signal import _kernels as K
 from rigctl.signal.template import spike_template
 from rigctl.types import Chunk, SpikeEvents
+from rigctl.yamlcheck import show
 
 STATE_VERSION = 1
 _EMPTY = SpikeEvents.empty()  # returned for chunks without spikes (never mutated)
 _INT16 = np.dtype(np.int16)
 
 
-@dataclass(frozen=True)
-class SignalConfig:
-    """Parameters of the signal path (times in ms, frequencies in Hz).
+class SignalConfig(ConfigModel):
+    """Parameters of the signal path (times in ms, frequencies in Hz), declared with their ranges and
+    validated once at construction (a bad value raises SignalConfigError); `validate` adds the checks that
+    need the sample rate.
 
     The filter is a causal Butterworth band-pass (`high_hz` <= 0: high-pass only; its upper edge is
     capped at 0.45 x the sample rate, so the defaults work at any rate above ~1.5 kHz). Detection runs on
@@ -39,45 +44,59 @@ class SignalConfig:
     `blank_pre_ms` before the onset to the end of the channel's blank.
     """
 
-    low_hz: float = 300.0
-    high_hz: float = 6000.0
-    filter_order: int = 2
-    threshold_sd: float = 5.0
-    refractory_ms: float = 1.0
-    blank_pre_ms: float = 0.1
-    blank_post_ms: float = 1.0
-    blank_saturated_ms: float = 1.5  # extra blank for channels that hit the rails during a pulse's blank
-    saturation_fraction: float = 0.98  # |raw| >= this fraction of int16 full scale counts as saturated
-    restart_mean_ms: float = 0.1  # time constant of the running mean the filter restarts on after a blank
-    mf_pre_ms: float = 0.4
-    mf_post_ms: float = 0.4
-    peak_window_ms: float = 0.12
-    noise_block_ms: float = 100.0
-    noise_smoothing: float = 0.25  # weight of a new block in the running noise estimate
-    noise_clip_sd: float = 3.0  # winsorise |x| at this many SDs of the previous estimate
+    low_hz: float = spec(300.0, gt=0)
+    high_hz: float = spec(6000.0, about="Hz above low_hz, or <= 0 for high-pass only")
+    filter_order: int = spec(2, ge=1)
+    threshold_sd: float = spec(5.0, gt=0)
+    refractory_ms: float = spec(1.0, ge=0)
+    blank_pre_ms: float = spec(0.1, ge=0)
+    blank_post_ms: float = spec(1.0, ge=0)
+    blank_saturated_ms: float = spec(1.5, ge=0)  # extra blank for channels that hit the rails during a pulse's blank
+    saturation_fraction: float = spec(0.98, gt=0, le=1)  # |raw| >= this fraction of int16 full scale: saturated
+    restart_mean_ms: float = spec(0.1, gt=0)  # time constant of the running mean the filter restarts on after a blank
+    mf_pre_ms: float = spec(0.4, ge=0)
+    mf_post_ms: float = spec(0.4, ge=0)
+    peak_window_ms: float = spec(0.12, ge=0)
+    noise_block_ms: float = spec(100.0, gt=0)
+    noise_smoothing: float = spec(0.25, gt=0, le=1)  # weight of a new block in the running noise estimate
+    noise_clip_sd: float = spec(3.0, gt=0.5)  # winsorise |x| at this many SDs of the previous estimate
 
-    def validate(self, sample_rate_hz: float) -> None:
-        nyq = sample_rate_hz / 2
-        if not 0 < self.low_hz < nyq:
-            raise ValueError(f"low_hz must be in (0, {nyq}), got {self.low_hz}")
-        if self.high_hz > 0 and not self.low_hz < min(self.high_hz, 0.9 * nyq):
-            raise ValueError(f"high_hz must be above low_hz ({self.low_hz}) or <= 0, got {self.high_hz}")
-        if self.filter_order < 1:
-            raise ValueError("filter_order must be >= 1")
-        if not 0 < self.saturation_fraction <= 1:
-            raise ValueError("saturation_fraction must be in (0, 1]")
-        if self.restart_mean_ms <= 0 or self.noise_block_ms <= 0:
-            raise ValueError("restart_mean_ms and noise_block_ms must be > 0")
-        if (self.threshold_sd <= 0 or self.refractory_ms < 0 or self.blank_pre_ms < 0 or self.blank_post_ms < 0
-                or self.blank_saturated_ms < 0):
-            raise ValueError("threshold_sd must be > 0; refractory and blanking times >= 0")
-        if self.mf_pre_ms < 0 or self.mf_post_ms < 0 or self.peak_window_ms < 0:
-            raise ValueError("matched-filter and peak windows must be >= 0")
+    def __init__(self, **values: float) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SignalConfigError(_config_line(first_problem(SignalConfig, exc))) from None
+
+    @model_validator(mode="after")
+    def _look_ahead(self) -> "SignalConfig":
         if self.blank_pre_ms > self.mf_post_ms:
             # detections up to blank_pre before a pulse are only still pending if the look-ahead covers it
-            raise ValueError("blank_pre_ms must not exceed mf_post_ms (the detector's look-ahead)")
-        if not 0 < self.noise_smoothing <= 1 or self.noise_clip_sd <= 0.5:
-            raise ValueError("noise_smoothing must be in (0, 1] and noise_clip_sd > 0.5")
+            raise refusal(f"at most mf_post_ms ({self.mf_post_ms}), the detector's look-ahead",
+                          field="blank_pre_ms", value=self.blank_pre_ms)
+        return self
+
+    def validate(self, sample_rate_hz: float) -> None:
+        """The checks that need the sample rate (the filter's edges below Nyquist)."""
+        nyq = sample_rate_hz / 2
+        if not 0 < self.low_hz < nyq:
+            raise SignalConfigError(f"signal.low_hz={self.low_hz}; allowed: > 0 and < {nyq} (Nyquist)")
+        if self.high_hz > 0 and not self.low_hz < min(self.high_hz, 0.9 * nyq):
+            raise SignalConfigError(f"signal.high_hz={self.high_hz}; allowed: above low_hz ({self.low_hz}) or <= 0")
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+
+def _config_line(p: Problem) -> str:
+    """A refused signal parameter as one line: `signal.threshold_sd=-1; allowed: > 0`."""
+    if p.kind in ("unknown", "key"):
+        name = p.shown_key or "(a name that is not an identifier, not shown)"
+        return f"unknown signal parameter {name}; allowed: {', '.join(p.fields)}"
+    if p.kind == "type":
+        allowed = {"int": "an integer", "float": "a number"}.get(p.expected, f"a {p.expected}")
+    else:
+        allowed = f"a finite number {p.allowed}" if p.kind == "finite" else p.allowed
+    return f"signal.{p.field}={show(p.raw)}; allowed: {allowed}"
 
 
 def _winsor_factor(clip_sd: float) -> float:
@@ -113,7 +132,8 @@ class SignalPath:
         self._post = int(round(config.mf_post_ms * ms))
         lo = trough - self._pre
         if lo < 0:
-            raise ValueError("mf_pre_ms reaches before the template's start")
+            raise SignalConfigError(f"signal.mf_pre_ms={config.mf_pre_ms}; allowed: within the spike template "
+                                    "(it reaches before the template's start)")
         w = filtered[lo:trough + self._post + 1]
         w = w / float(w @ w)  # template trough is -1: a spike of trough -A (A > 0) gives +A
         self._w = np.ascontiguousarray(w, np.float32)
@@ -180,7 +200,7 @@ class SignalPath:
         """Everything needed to continue exactly where this path stopped (picklable)."""
         return {
             "version": STATE_VERSION,
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
             "n_channels": self.n_channels, "sample_rate_hz": self.sample_rate_hz, "uV_per_bit": self.uV_per_bit,
             "z": self._z.copy(), "hist": self._work[:self._taps - 1].copy(), "raw_end": self._raw_end,
             "istate": self._istate.copy(), "chi": self._chi.copy(), "chf": self._chf.copy(),
@@ -192,7 +212,7 @@ class SignalPath:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"signal state version {state.get('version')} != {STATE_VERSION}")
         if (state["n_channels"] != self.n_channels or state["sample_rate_hz"] != self.sample_rate_hz
-                or state["config"] != asdict(self.config)):
+                or state["config"] != self.config.to_dict()):
             raise ValueError("signal state was saved by a path with another configuration")
         self._z = np.ascontiguousarray(state["z"], np.float32).copy()
         self._work = np.zeros((self._taps - 1 + 64, self.n_channels), np.float32)
