@@ -165,9 +165,10 @@ def test_an_existing_cluster_runs_the_sweep_by_address_or_scheduler_file(tmp_pat
                 proc.wait(timeout=60)
 
 
-def test_an_unreachable_scheduler_is_one_line(tmp_path):
+@pytest.mark.parametrize("scheduler, why", [("tcp://127.0.0.1:9", "Connection refused"),
+                                             ("no_such_file.json", "no such scheduler file")])
+def test_an_unreachable_scheduler_is_one_line_and_leaves_nothing(tmp_path, scheduler, why):
     sweep = _write(tmp_path, "one.yaml", TINY)
-    proc = rigctl("sweep", str(sweep), "--out", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:9",
-                  check=False)
-    assert proc.returncode == 2 and "cannot reach a Dask scheduler" in proc.stderr
-    assert proc.stderr.count("\n") == 1
+    proc = rigctl("sweep", str(sweep), "--out", str(tmp_path / "o"), "--scheduler", scheduler, check=False)
+    assert proc.returncode == 2 and f"--scheduler {scheduler}: cannot reach a Dask scheduler" in proc.stderr
+    assert why in proc.stderr and proc.stderr.count("\n") == 1 and not (tmp_path / "o").exists()

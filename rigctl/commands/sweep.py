@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ def _client(args: argparse.Namespace):
         try:
             if target.is_file():
                 return distributed.Client(scheduler_file=str(target), timeout="20s"), None
+            _refuse_if_closed(args.scheduler)
             return distributed.Client(args.scheduler, timeout="20s"), None
         except (OSError, TimeoutError, ValueError) as exc:
             raise RigctlError(f"--scheduler {args.scheduler}: cannot reach a Dask scheduler ({exc})") from None
@@ -44,6 +46,19 @@ def _client(args: argparse.Namespace):
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                        host="127.0.0.1", dashboard_address="127.0.0.1:0")
     return distributed.Client(cluster), cluster
+
+
+def _refuse_if_closed(address: str) -> None:
+    """A tcp:// address where nothing listens is refused at once (Dask itself retries until its timeout)."""
+    if "://" not in address:
+        raise ValueError("no such scheduler file; allowed: tcp://HOST:PORT or a scheduler file")
+    if not address.startswith("tcp://"):
+        return
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    if not port.isdigit():
+        raise ValueError("allowed: tcp://HOST:PORT or a scheduler file")
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+        pass
 
 
 def _prepare_dir(out: Path, sweep) -> None:
@@ -81,11 +96,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep_file)
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{sweep.source.stem}"
-    _prepare_dir(out, sweep)
     retries = sweep.retries if args.retries is None else args.retries
-    client, cluster = _client(args)
+    client, cluster = _client(args)  # before the directory: an unreachable scheduler leaves nothing behind
     outcomes = {p.name: Outcome(p, "not run") for p in sweep.points}
     try:
+        _prepare_dir(out, sweep)
         distributed = _engine()
         workers = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())  # points at once
         print(f"rigctl sweep: {len(sweep.points)} points into {out}; {workers} workers "
