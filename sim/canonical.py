@@ -142,13 +142,8 @@ class EpisodeBuffers:
     fst: np.ndarray
     x_prev: np.ndarray
     xbar_prev: np.ndarray
-    x_first: np.ndarray
-    acc_ox: np.ndarray
-    acc_o: np.ndarray
-    acc_x: np.ndarray
-    acc_xx: np.ndarray
-    acc_xprev: np.ndarray
-    acc_xcur: np.ndarray
+    x_traj: np.ndarray  # [max_steps, Ns] x_t at row t − 1 (row 0: D)
+    obs_traj: np.ndarray  # [max_steps, No] o_t at row t − 1 (uint8)
     chunk_m1: np.ndarray
     chunk_m0: np.ndarray
     chunk_s1: np.ndarray
@@ -169,8 +164,7 @@ class EpisodeBuffers:
         n_chunks = -(-config.max_steps // config.risk_chunk) + 1
         return EpisodeBuffers(
             ist=ist, fst=np.zeros(kern.N_FSTATE), x_prev=state_prior[0].copy(), xbar_prev=state_prior[1].copy(),
-            x_first=np.zeros(ns), acc_ox=np.zeros((no, ns)), acc_o=np.zeros(no), acc_x=np.zeros(ns),
-            acc_xx=np.zeros((ns, ns)), acc_xprev=np.zeros(ns), acc_xcur=np.zeros(ns),
+            x_traj=np.zeros((config.max_steps, ns)), obs_traj=np.zeros((config.max_steps, no), np.uint8),
             chunk_m1=np.zeros((nd, ns)), chunk_m0=np.zeros((nd, ns)), chunk_s1=np.zeros(ns), chunk_s0=np.zeros(ns),
             qc_next=qc.copy(), gammas=np.zeros(n_chunks), decision_counts=np.zeros(nd, np.int64),
             trace=np.zeros((config.max_steps if trace else 0, 2), np.int64))
@@ -227,9 +221,8 @@ class CanonicalAgent:
         ns, nd = self.config.n_states, self.config.n_decisions
         kern.run_steps(np.ascontiguousarray(maze, dtype=np.uint8), goal_row, goal_col, s.w_t, s.k_t, s.v_t, s.h,
                        s.h_first, s.m, s.m_first, self.seed, self.episodes_done, self.config.max_steps,
-                       self.config.risk_chunk, stop, b.ist, b.fst, b.x_prev, b.xbar_prev, b.x_first,
-                       np.zeros(self.config.n_obs), np.zeros(ns), np.zeros(nd), np.zeros(nd),
-                       b.acc_ox, b.acc_o, b.acc_x, b.acc_xx, b.acc_xprev, b.acc_xcur,
+                       self.config.risk_chunk, stop, b.ist, b.fst, b.x_prev, b.xbar_prev,
+                       np.zeros(self.config.n_obs), np.zeros(ns), np.zeros(nd), np.zeros(nd), b.x_traj, b.obs_traj,
                        b.chunk_m1, b.chunk_m0, b.chunk_s1, b.chunk_s0, b.qc_next, b.gammas, b.decision_counts,
                        b.trace)
         return bool(b.ist[kern.I_DONE])
@@ -278,23 +271,28 @@ class CanonicalAgent:
 
 
 def learned_counts(counts: DirichletCounts, b: EpisodeBuffers, state_prior: np.ndarray) -> DirichletCounts:
-    """The counts after one episode: the step sums of the kernel expanded to all four value pairs.
+    """The counts after one episode: Hebbian products of the kept trajectory, expanded to all four value pairs.
 
-    For t ≥ 2 the off values are complements (x̄ = 1 − x, 1 − o), so Σ o x̄ᵀ = Σo·1ᵀ − Σ o xᵀ and so on;
-    the first pair of qb (x_1 = x̄_1 = D) is added on its own. qc was updated chunk by chunk in the kernel.
+    Steps 2..t count (step 1 is the prior state D). For them the off values are complements (x̄ = 1 − x,
+    1 − o), so Σ o x̄ᵀ = Σo·1ᵀ − Σ o xᵀ and so on; the first pair of qb (x_1 = x̄_1 = D) is added on its own.
+    qc was updated chunk by chunk in the kernel.
     """
-    n_a, n_b = float(b.ist[kern.I_N_A]), float(b.ist[kern.I_N_B])
-    qa = counts.qa.copy()
-    qa[1, 1] += b.acc_ox
-    qa[1, 0] += b.acc_o[:, None] - b.acc_ox
-    qa[0, 1] += b.acc_x[None, :] - b.acc_ox
-    qa[0, 0] += n_a - b.acc_o[:, None] - b.acc_x[None, :] + b.acc_ox
-    qb = counts.qb.copy()
-    if n_a > 0:
+    t = int(b.ist[kern.I_T])
+    qa, qb = counts.qa.copy(), counts.qb.copy()
+    if t >= 2:
+        x = b.x_traj[1:t]
+        o = b.obs_traj[1:t].astype(np.float64)
+        ox, sum_o, sum_x, n = o.T @ x, o.sum(axis=0), x.sum(axis=0), float(t - 1)
+        qa[1, 1] += ox
+        qa[1, 0] += sum_o[:, None] - ox
+        qa[0, 1] += sum_x[None, :] - ox
+        qa[0, 0] += n - sum_o[:, None] - sum_x[None, :] + ox
+        prev, cur = b.x_traj[1:t - 1], b.x_traj[2:t]
+        xx, sum_prev, sum_cur, n_pairs = prev.T @ cur, prev.sum(axis=0), cur.sum(axis=0), float(t - 2)
         d_on, d_off = state_prior
-        x1 = b.x_first
-        qb[1, 1] += b.acc_xx + np.outer(d_on, x1)
-        qb[1, 0] += b.acc_xprev[:, None] - b.acc_xx + np.outer(d_on, 1.0 - x1)
-        qb[0, 1] += b.acc_xcur[None, :] - b.acc_xx + np.outer(d_off, x1)
-        qb[0, 0] += n_b - b.acc_xprev[:, None] - b.acc_xcur[None, :] + b.acc_xx + np.outer(d_off, 1.0 - x1)
+        x1 = b.x_traj[1]
+        qb[1, 1] += xx + np.outer(d_on, x1)
+        qb[1, 0] += sum_prev[:, None] - xx + np.outer(d_on, 1.0 - x1)
+        qb[0, 1] += sum_cur[None, :] - xx + np.outer(d_off, x1)
+        qb[0, 0] += n_pairs - sum_prev[:, None] - sum_cur[None, :] + xx + np.outer(d_off, 1.0 - x1)
     return DirichletCounts(qa, qb, b.qc_next.copy())

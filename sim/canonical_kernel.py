@@ -31,9 +31,7 @@ I_DONE = 4  # 1 once the goal is reached or the step cap hit
 I_REACHED = 5
 I_CHUNK_N = 6  # (x, d) pairs in the open risk chunk
 I_N_CHUNKS = 7  # chunks closed so far
-I_N_A = 8  # steps accumulated for qa
-I_N_B = 9  # pairs accumulated for qb (after the first)
-N_ISTATE = 10
+N_ISTATE = 8
 # float episode state (float64 vector)
 F_G_PREV = 0  # G of step t (joins its chunk one step later, with the pair (x_t, d_{t+1}))
 F_G_SUM = 1  # sum of G in the open chunk
@@ -75,14 +73,14 @@ def _close_chunk(chunk, ist, fst, chunk_m1, chunk_m0, chunk_s1, chunk_s0, qc_nex
 @njit(cache=True, fastmath=True)
 def run_steps(maze, goal_row, goal_col, w_t, k_t, v_t, h, h_first, m, m_first,
               seed, episode, max_steps, chunk, stop_t,
-              ist, fst, x_prev, xbar_prev, x_first, obs, x_new, drive_d, odds,
-              acc_ox, acc_o, acc_x, acc_xx, acc_xprev, acc_xcur,
+              ist, fst, x_prev, xbar_prev, obs, x_new, drive_d, odds, x_traj, obs_traj,
               chunk_m1, chunk_m0, chunk_s1, chunk_s0, qc_next, gammas, decision_counts, trace):
     """Advance the episode to step `stop_t` (or the goal, or `max_steps`).
 
     Shapes: w_t [No, Ns] (Wᵀ), k_t [Ns, Ns] (Kᵀ), v_t [Ns, Nd] (Vᵀ), h/h_first [Ns], m/m_first [Nd];
-    acc_* are the Hebbian sums the end-of-episode learning turns into Dirichlet counts; trace [max_steps, 2]
-    receives (row, col) per step if it has rows, else nothing is traced.
+    x_traj [max_steps, Ns] and obs_traj [max_steps, No] receive x_t and o_t at row t − 1 (the Hebbian products
+    for W and K are taken from them at the episode's end, one matrix product instead of a rank-1 update per
+    step); trace [max_steps, 2] receives (row, col) per step if it has rows, else nothing is traced.
     """
     n_obs, n_state = w_t.shape
     n_dec = v_t.shape[1]
@@ -143,26 +141,11 @@ def run_steps(maze, goal_row, goal_col, w_t, k_t, v_t, h, h_first, m, m_first,
             if cum > target:
                 decision = d
                 break
-        # Hebbian sums for W (o_t x_tᵀ) and K (x_{t−1} x_tᵀ)
-        for i in range(n_obs):
-            if obs[i] != 0.0:
-                acc_o[i] += 1.0
-                for j in range(n_state):
-                    acc_ox[i, j] += x_new[j]
+        # kept for the Hebbian products of W (o_t x_tᵀ) and K (x_{t−1} x_tᵀ)
         for j in range(n_state):
-            acc_x[j] += x_new[j]
-        ist[I_N_A] += 1
-        if first:
-            x_first[:] = x_new
-        else:
-            for k in range(n_state):
-                xk = x_prev[k]
-                acc_xprev[k] += xk
-                for j in range(n_state):
-                    acc_xx[k, j] += xk * x_new[j]
-            for j in range(n_state):
-                acc_xcur[j] += x_new[j]
-            ist[I_N_B] += 1
+            x_traj[t - 1, j] = x_new[j]
+        for i in range(n_obs):
+            obs_traj[t - 1, i] = obs[i]
         # the pair (x_{t−1}, d_t) and G_{t−1} join the risk chunk of step t − 1
         for j in range(n_state):
             chunk_m1[decision, j] += x_prev[j]
