@@ -16,7 +16,7 @@ from rigctl.sim.canonical import (CanonicalAgent, CanonicalConfig, DirichletCoun
 from rigctl.sim.culture_kernel import hash_u01
 from rigctl.sim.maze_experiment import estimate_decision_prior
 from rigctl.tasks.episodes import EpisodeRow, read_episodes_csv, write_episodes_csv
-from rigctl.tasks.maze import (DOWN, LEFT, RIGHT, UP, MazeEnv, chunk_gammas, generate_maze, goal_cell,
+from rigctl.tasks.maze import (DOWN, LEFT, RIGHT, UP, MazeEnv, RiskChunks, chunk_gammas, generate_maze, goal_cell,
                                is_solvable, move_cell, start_cell, step_risk, view)
 
 SMALL = replace(CanonicalConfig(), max_steps=400)
@@ -125,6 +125,17 @@ def test_chunk_risk_thresholds():
     # a short last chunk is scaled by the nominal 200 (authors): 6 rightward moves of 10 give Δ = 120
     tail = np.concatenate([right, np.r_[np.zeros(6), np.full(4, 0.5)]])
     assert chunk_gammas(tail).tolist() == [0.0, 0.0]
+
+
+def test_streaming_risk_chunks_agree_with_the_batch_rule():
+    g = np.random.default_rng(1).choice([0.0, 0.5, 1.0], size=523, p=[0.3, 0.45, 0.25])
+    stream = RiskChunks()
+    out = [gam for x in g[:300] if (gam := stream.add(float(x))) is not None]
+    resumed = RiskChunks()
+    resumed.set_state(json.loads(json.dumps(stream.get_state())))
+    out += [gam for x in g[300:] if (gam := resumed.add(float(x))) is not None]
+    out.append(resumed.close())
+    assert out == chunk_gammas(g).tolist() and resumed.close() is None
 
 
 # --- the agent ---------------------------------------------------------------------------------------------

@@ -179,6 +179,37 @@ def chunk_gammas(step_risks: np.ndarray, chunk: int = RISK_CHUNK) -> np.ndarray:
 
 
 @dataclass
+class RiskChunks:
+    """Streaming Γ for agents outside numba: feed each step's G, get Γ whenever a chunk closes.
+
+    Same rule as `chunk_gammas`; `close()` ends a partial last chunk at the episode's end. The state is two
+    numbers, JSON-able through `get_state`/`set_state`.
+    """
+
+    chunk: int = RISK_CHUNK
+    n: int = 0
+    g_sum: float = 0.0
+
+    def add(self, g: float) -> float | None:
+        self.n += 1
+        self.g_sum += g
+        return self.close() if self.n == self.chunk else None
+
+    def close(self) -> float | None:
+        if self.n == 0:
+            return None
+        gamma = float(gamma_of_chunk(self.g_sum / self.n, self.chunk))
+        self.n, self.g_sum = 0, 0.0
+        return gamma
+
+    def get_state(self) -> dict:
+        return {"chunk": self.chunk, "n": self.n, "g_sum": self.g_sum}
+
+    def set_state(self, state: dict) -> None:
+        self.chunk, self.n, self.g_sum = int(state["chunk"]), int(state["n"]), float(state["g_sum"])
+
+
+@dataclass
 class StepResult:
     """What the environment returns after one move."""
 
