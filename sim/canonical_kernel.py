@@ -38,9 +38,23 @@ F_G_SUM = 1  # sum of G in the open chunk
 N_FSTATE = 2
 
 ODDS_EPS = 1e-6  # authors: qd1 ./ (qd2 + 1e-6)
+# reassociation for vectorised loops, but no "no-inf/no-nan" assumptions (drives can be large)
+FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, inline="always")
+def _sigmoid_pair(a):
+    """(σ(a), 1 − σ(a)) without overflow for any a."""
+    if a >= 0.0:
+        e = math.exp(-a)
+        y = 1.0 / (1.0 + e)
+        return y, e * y
+    e = math.exp(a)
+    ybar = 1.0 / (1.0 + e)
+    return e * ybar, ybar
+
+
+@njit(cache=True, fastmath=FASTMATH)
 def _close_chunk(chunk, ist, fst, chunk_m1, chunk_m0, chunk_s1, chunk_s0, qc_next, gammas):
     """Three-factor update of the decision counts for one chunk: qc += (1 − 2Γ)·x_{t−1} d_tᵀ, floored at 1.
 
@@ -70,7 +84,7 @@ def _close_chunk(chunk, ist, fst, chunk_m1, chunk_m0, chunk_s1, chunk_s0, qc_nex
     chunk_s0[:] = 0.0
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=FASTMATH)
 def run_steps(maze, goal_row, goal_col, w_t, k_t, v_t, h, h_first, m, m_first,
               seed, episode, max_steps, chunk, stop_t,
               ist, fst, x_prev, xbar_prev, obs, x_new, drive_d, odds, x_traj, obs_traj,
@@ -117,7 +131,7 @@ def run_steps(maze, goal_row, goal_col, w_t, k_t, v_t, h, h_first, m, m_first,
                 for j in range(n_state):
                     x_new[j] += xk * k_t[k, j]
         for j in range(n_state):
-            x_new[j] = 1.0 / (1.0 + math.exp(-x_new[j]))
+            x_new[j] = _sigmoid_pair(x_new[j])[0]
         # output layer: y_t = σ(V x_{t−1} + m); sample d_t ∝ y / (ȳ + ε)
         if first:
             drive_d[:] = m_first
@@ -129,9 +143,8 @@ def run_steps(maze, goal_row, goal_col, w_t, k_t, v_t, h, h_first, m, m_first,
                     drive_d[d] += xj * v_t[j, d]
         total = 0.0
         for d in range(n_dec):
-            e = math.exp(-drive_d[d])
-            y = 1.0 / (1.0 + e)
-            odds[d] = y / (e * y + ODDS_EPS)  # ȳ = e·y
+            y, ybar = _sigmoid_pair(drive_d[d])
+            odds[d] = y / (ybar + ODDS_EPS)
             total += odds[d]
         target = hash_u01(seed, STREAM_DECISION, episode, t) * total
         decision = n_dec - 1

@@ -221,6 +221,12 @@ def test_kernel_matches_a_literal_restatement_of_the_authors_algorithm():
     assert not np.allclose(agent.counts.qc, 3000.0)  # V did learn
 
 
+def test_sigmoid_pair_is_finite_for_extreme_drives():
+    for a in (-1e4, -800.0, -30.0, 0.0, 30.0, 800.0, 1e4):
+        y, ybar = kern._sigmoid_pair(a)
+        assert np.isfinite(y) and np.isfinite(ybar) and abs(y + ybar - 1.0) < 1e-12
+
+
 def test_agent_is_deterministic_for_a_seed():
     maze = generate_maze(2)
     runs = [CanonicalAgent(SMALL, seed=2).run_episode(maze, trace=True) for _ in range(2)]
