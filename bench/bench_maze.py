@@ -24,10 +24,9 @@ import argparse  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 from rigctl.sim.canonical import CanonicalAgent, CanonicalConfig  # noqa: E402
 from rigctl.sim.maze_experiment import (AgentRun, LearningSummary, estimate_decision_prior,  # noqa: E402

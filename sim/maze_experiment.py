@@ -3,7 +3,7 @@ the decision prior, and the learning-curve summary (used by bench/bench_maze.py 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -80,6 +80,3 @@ def summarise(runs: list[AgentRun], block: int = 10) -> LearningSummary:
                            float(reached[:, early].mean()), float(reached[:, late].mean()),
                            float(np.median(steps[:, early])), float(np.median(steps[:, late])))
 
-
-def with_prior(config: CanonicalConfig, right: float) -> CanonicalConfig:
-    return replace(config, decision_prior_right=right)
