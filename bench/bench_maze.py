@@ -27,6 +27,7 @@ import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 
 from rigctl.sim.canonical import CanonicalAgent, CanonicalConfig  # noqa: E402
 from rigctl.sim.maze_experiment import (AgentRun, LearningSummary, estimate_decision_prior,  # noqa: E402
@@ -40,6 +41,11 @@ PAPER = {  # prior: (success 1-10, success 91-100, median steps 1-10, median ste
     0.15: (0.110, 0.235, 20000, 20000),
     0.25: (0.455, 0.840, 20000, 7041),
     0.35: (0.670, 0.645, 11125, 11666),
+}
+PAPER_BLOCKS = {  # prior: success per block of 10 episodes, agents 1-20
+    0.15: (0.110, 0.160, 0.115, 0.145, 0.200, 0.200, 0.210, 0.195, 0.225, 0.235),
+    0.25: (0.455, 0.710, 0.825, 0.895, 0.880, 0.880, 0.880, 0.830, 0.810, 0.840),
+    0.35: (0.670, 0.660, 0.675, 0.705, 0.660, 0.695, 0.705, 0.590, 0.650, 0.645),
 }
 PAPER_REVERSE = {  # prior: (true prior on mazes 11-20, estimated prior on mazes 11-20), same four figures
     0.15: ((0.110, 0.220, 20000, 20000), (0.090, 0.220, 20000, 20000)),
@@ -62,6 +68,11 @@ def _fmt_paper(fig: tuple) -> str:
     return f"success {fig[0]:.3f} -> {fig[1]:.3f}   median steps {fig[2]:7.0f} -> {fig[3]:7.0f}"
 
 
+def block_success(runs: list[AgentRun], block: int = 10) -> list[float]:
+    reached = np.stack([r.reached for r in runs])
+    return [float(reached[:, i:i + block].mean()) for i in range(0, reached.shape[1], block)]
+
+
 def measure_speed(config: CanonicalConfig, n_episodes: int) -> None:
     maze = generate_maze(0)
     CanonicalAgent(replace(config, max_steps=50), 0).run_episode(maze)  # compile / load the numba cache
@@ -77,6 +88,7 @@ def measure_speed(config: CanonicalConfig, n_episodes: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=20, help="agents (= mazes) per prior")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds − 1")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--max-steps", type=int, default=20000)
     parser.add_argument("--priors", type=float, nargs="+", default=[0.15, 0.25, 0.35])
@@ -96,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds <= 0:
         return 0
     t0 = time.perf_counter()
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     tasks = [(("true", p, s), s, replace(base, decision_prior_right=p), args.episodes, None)
              for p in args.priors for s in seeds]
     with mp.get_context("fork").Pool(args.workers) as pool:
@@ -120,11 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     for p in args.priors:
         s = summarise([runs[("true", p, seed)] for seed in seeds])
         print(f"  E_right {p:.2f}  ours:  {_fmt(s)}")
+        blocks = block_success([runs[("true", p, seed)] for seed in seeds])
+        print("               success per 10-episode block: " + " ".join(f"{v:.2f}" for v in blocks))
         if p in PAPER and args.episodes == 100 and args.max_steps == 20000:
             print(f"               paper: {_fmt_paper(PAPER[p])}   (authors' released outputs, 20 agents)")
+            print("               paper success per 10-episode block: "
+                  + " ".join(f"{v:.2f}" for v in PAPER_BLOCKS[p]))
     if estimates:
-        print(f"(c) reverse engineering: E estimated from episode 1 of seeds 0-{half - 1}; agents on seeds "
-              f"{half}-{args.seeds - 1} with the true and with the estimated E")
+        print(f"(c) reverse engineering: E estimated from episode 1 of seeds {seeds[0]}-{seeds[half - 1]}; agents "
+              f"on seeds {seeds[half]}-{seeds[-1]} with the true and with the estimated E")
         for p, e_est in estimates.items():
             shares = prior_mass_by_first_move(e_est)
             print(f"  E_right {p:.2f}: estimated first-move shares up/down/left/right = "
