@@ -142,7 +142,7 @@ class EpisodeBuffers:
     fst: np.ndarray
     x_prev: np.ndarray
     xbar_prev: np.ndarray
-    x_traj: np.ndarray  # [max_steps, Ns] x_t at row t − 1 (row 0: D)
+    x_traj: np.ndarray  # [max_steps, Ns] x_t at row t − 1 (row 0, step 1, stays unused: that state is D)
     obs_traj: np.ndarray  # [max_steps, No] o_t at row t − 1 (uint8)
     chunk_m1: np.ndarray
     chunk_m0: np.ndarray
