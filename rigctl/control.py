@@ -69,8 +69,7 @@ class _AllowList:
         self.clients = dict(clients)
         self.log = log
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        z85 = zmq.utils.z85.encode(key)
+    def callback(self, domain: str, z85: bytes) -> bool:  # pyzmq hands the client's key in z85
         if z85 in self.clients:
             return True
         self.log.write(event="refused_key", key=z85.decode("ascii"), reason="not in the allow-list")
@@ -116,7 +115,7 @@ class ControlServer:
         self._ctx = zmq.Context()
         self._auth = ThreadAuthenticator(self._ctx)
         self._auth.start()
-        self._auth.configure_curve_callback(domain="*", credentials_provider=_AllowList(self.clients, self.log))
+        self._auth.configure_curve_callback(domain="rigctl", credentials_provider=_AllowList(self.clients, self.log))
         sock = self._ctx.socket(zmq.ROUTER)
         sock.curve_secretkey = self.server_key.secret
         sock.curve_publickey = self.server_key.public

@@ -47,8 +47,8 @@ class _Keys:
     def __init__(self, clients: dict[bytes, str]):
         self.clients = clients
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        return zmq.utils.z85.encode(key) in self.clients
+    def callback(self, domain: str, z85: bytes) -> bool:  # pyzmq hands the client's key in z85
+        return z85 in self.clients
 
 
 class Publisher:
@@ -67,7 +67,7 @@ class Publisher:
             server, clients = curve
             self._auth = ThreadAuthenticator(self._ctx)
             self._auth.start()
-            self._auth.configure_curve_callback(domain="*", credentials_provider=_Keys(dict(clients)))
+            self._auth.configure_curve_callback(domain="rigctl-stream", credentials_provider=_Keys(dict(clients)))
             self._sock.curve_secretkey = server.secret
             self._sock.curve_publickey = server.public
             self._sock.curve_server = True
