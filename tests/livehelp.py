@@ -35,21 +35,23 @@ def make_keys(keys: Path, allowed=("control", "other"), others=("intruder",)) ->
 
 
 class LiveRun:
-    """`rigctl run ...` in the background; `wait_for(prefix)` reads its stderr until a line starts with it."""
+    """`rigctl ...` in the background; `wait_for(prefix)` reads its stderr (or stdout) until a line starts
+    with it."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, watch: str = "stderr"):
         self.proc = subprocess.Popen(RIGCTL + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self.stderr: list[str] = []
+        self._stream = getattr(self.proc, watch)
         self._sel = selectors.DefaultSelector()
-        self._sel.register(self.proc.stderr, selectors.EVENT_READ)
+        self._sel.register(self._stream, selectors.EVENT_READ)
 
     def wait_for(self, prefix: str, timeout_s: float = 60.0) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self._sel.select(deadline - time.monotonic()):
                 break
-            line = self.proc.stderr.readline()
+            line = self._stream.readline()
             if not line:
                 break
             self.stderr.append(line)
