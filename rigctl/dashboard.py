@@ -78,7 +78,7 @@ class _View:
         raster = figure(title=f"spikes, last {RASTER_S:g} s", height=260, width=560, x_axis_label="rig time (s)",
                         y_axis_label="electrode", name="raster_fig")
         raster.scatter("t", "ch", source=self.raster_src, size=2, color="black")
-        self.grid_src = ColumnDataSource({"x": [], "y": [], "count": [], "name": []}, name="grid")
+        self.grid_src = ColumnDataSource({"x": [], "y": [], "count": [], "name": [], "w": []}, name="grid")
         self.mapper = LinearColorMapper(palette=Viridis256, low=0, high=1)
         grid = figure(title="evoked spikes per trial (MEA)", height=320, width=360,
                       match_aspect=True, name="grid_fig", x_axis_label="x (µm)", y_axis_label="y (µm)",
