@@ -23,7 +23,7 @@ from rigctl.errors import RigctlError
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
-class KeyError_(RigctlError):
+class KeyFileError(RigctlError):
     """A key file is missing, malformed, or too open."""
 
 
@@ -47,7 +47,7 @@ def allow_dir(keys: Path) -> Path:
 
 def check_name(name: str) -> str:
     if not name or len(name) > 64 or not set(name) <= NAME_CHARS or name.startswith("."):
-        raise KeyError_(f"key name {name[:80]!r}: allowed: 1-64 letters, digits, '_', '-', '.' (not first)")
+        raise KeyFileError(f"key name {name[:80]!r}: allowed: 1-64 letters, digits, '_', '-', '.' (not first)")
     return name
 
 
@@ -64,9 +64,9 @@ def _write_private(path: Path, text: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise KeyError_(f"{path} exists; remove it first or choose another name") from None
+        raise KeyFileError(f"{path} exists; remove it first or choose another name") from None
     except OSError as exc:
-        raise KeyError_(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise KeyFileError(f"{path}: cannot write ({exc.strerror or exc})") from None
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.chmod(path, 0o600)
@@ -76,7 +76,7 @@ def _private_dir(path: Path) -> Path:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise KeyError_(f"{path}: cannot create ({exc.strerror or exc})") from None
+        raise KeyFileError(f"{path}: cannot create ({exc.strerror or exc})") from None
     return path
 
 
@@ -87,7 +87,7 @@ def new_keypair(name: str, keys: Path) -> tuple[Path, Path]:
     public, secret = zmq.curve_keypair()
     pub_path, sec_path = Path(keys) / f"{name}.key", Path(keys) / f"{name}.key_secret"
     if pub_path.exists() or sec_path.exists():
-        raise KeyError_(f"{pub_path} or {sec_path} exists; remove them first or choose another name")
+        raise KeyFileError(f"{pub_path} or {sec_path} exists; remove them first or choose another name")
     _write_private(sec_path, _certificate_text(public, secret))
     _write_private(pub_path, _certificate_text(public, None))
     return pub_path, sec_path
@@ -96,14 +96,14 @@ def new_keypair(name: str, keys: Path) -> tuple[Path, Path]:
 def _check_not_readable_by_others(path: Path) -> None:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyError_(f"{path}: a secret key readable or writable by group or others (mode "
+        raise KeyFileError(f"{path}: a secret key readable or writable by group or others (mode "
                         f"{stat.S_IMODE(mode):o}) is refused; `chmod 600 {path}`")
 
 
 def _check_not_writable_by_others(path: Path) -> None:
     mode = path.stat().st_mode
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise KeyError_(f"{path}: writable by group or others (mode {stat.S_IMODE(mode):o}); anyone who can "
+        raise KeyFileError(f"{path}: writable by group or others (mode {stat.S_IMODE(mode):o}); anyone who can "
                         f"write there could add a key; `chmod go-w {path}`")
 
 
@@ -111,9 +111,9 @@ def _load(path: Path, name: str) -> tuple[bytes, bytes | None]:
     try:
         public, secret = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
-        raise KeyError_(f"{path}: not a CURVE key file ({exc})") from None
+        raise KeyFileError(f"{path}: not a CURVE key file ({exc})") from None
     if public is None or len(public) != 40:
-        raise KeyError_(f"{path}: no valid public-key line")
+        raise KeyFileError(f"{path}: no valid public-key line")
     return public, secret
 
 
@@ -122,12 +122,12 @@ def load_keypair(name: str, keys: Path) -> KeyPair:
     check_name(name)
     path = Path(keys) / f"{name}.key_secret"
     if not path.is_file():
-        raise KeyError_(f"no key {name!r}: {path} is missing; make one with `rigctl keys new {name}"
+        raise KeyFileError(f"no key {name!r}: {path} is missing; make one with `rigctl keys new {name}"
                         f"{'' if Path(keys) == key_dir() else ' --keys ' + str(keys)}`")
     _check_not_readable_by_others(path)
     public, secret = _load(path, name)
     if secret is None or len(secret) != 40:
-        raise KeyError_(f"{path}: no valid secret-key line")
+        raise KeyFileError(f"{path}: no valid secret-key line")
     return KeyPair(name, public, secret)
 
 
@@ -144,7 +144,7 @@ def load_public(ref: str, keys: Path) -> bytes:
     if not path.is_file():
         path = Path(keys) / f"{check_name(ref)}.key"
     if not path.is_file():
-        raise KeyError_(f"public key {ref[:80]!r}: not a z85 key, a key file, or a key in {keys}")
+        raise KeyFileError(f"public key {ref[:80]!r}: not a z85 key, a key file, or a key in {keys}")
     return _load(path, path.stem)[0]
 
 

@@ -21,7 +21,7 @@ from rigctl.errors import ModelInputError, RigctlError
 from rigctl.store import SPIKE_DTYPE, RunInfo, load_run_meta
 
 RASTER_S = 5.0  # the raster shows the last seconds of rig time
-MAX_RASTER_SPIKES = 20000
+MAX_RASTER_SPIKES = 5000  # what a browser redraws twice a second without strain
 SEPARATION_EVERY_S = 2.0  # the ensemble separation is recomputed from all trials at most this often
 
 

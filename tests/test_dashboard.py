@@ -2,8 +2,6 @@
 in every figure's source, every view rendered), BokehJS comes from the dashboard itself (no CDN), buttons only
 with a control key, a token when bound beyond loopback; the screenshot is kept (printed path; $CI_ARTIFACTS)."""
 
-import shutil
-import urllib.request
 
 import pytest
 
@@ -94,3 +92,53 @@ def test_no_buttons_without_a_key_and_a_token_beyond_loopback(twelve_sessions, t
     finally:
         driver.quit()
         wide.kill()
+
+
+CLICK_JS = """
+function find(root, label) {
+  for (const el of root.querySelectorAll('*')) {
+    if (el.tagName === 'BUTTON' && el.textContent.trim() === label) return el;
+    if (el.shadowRoot) { const hit = find(el.shadowRoot, label); if (hit) return hit; }
+  }
+  return null;
+}
+const b = find(document, arguments[0]);
+if (b) b.click();
+return b !== null;
+"""
+
+
+def test_the_pause_button_pauses_a_live_run(tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from livehelp import TEN_SESSIONS
+    from rigctl.store import read_jsonl
+
+    keys = make_keys(tmp_path / "keys")
+    proto = tmp_path / "ten.yaml"
+    proto.write_text(TEN_SESSIONS)
+    out = tmp_path / "run"
+    run = LiveRun("run", str(proto), "--rig", "sim-events", "--realtime", "--out", str(out), "--no-report",
+                  "--no-progress", "--control", "--keys", str(keys))
+    dash = driver = None
+    try:
+        run.wait_for("control: ")
+        dash = LiveRun("dashboard", str(out), "--keys", str(keys), "--key", "control", watch="stdout")
+        url = dash.wait_for("dashboard: ").split()[1]
+        driver = chromium(fresh_profile())
+        _figures(driver, url, lambda s: s["finished"] and s["buttons"] == 3)
+        assert driver.execute_script(CLICK_JS, "pause")  # a real click on the page's button
+        reply = "return Bokeh.documents[0].get_model_by_name('%s').text"
+        WebDriverWait(driver, 60, poll_frequency=0.2).until(lambda d: "paused" in d.execute_script(reply % "progress"))
+        assert "pause accepted" in driver.execute_script(reply % "control_reply")
+        assert driver.execute_script(CLICK_JS, "abort")
+        code, err = run.finish()
+    finally:
+        if driver is not None:
+            driver.quit()
+        for p in (run, dash):
+            if p is not None:
+                p.kill()
+    assert code == 2 and "aborted from the control channel by control" in err
+    kinds = [(e["event"], e.get("by")) for e in read_jsonl(out / "events.jsonl")]
+    assert ("pause", "control") in kinds and ("abort", "control") in kinds

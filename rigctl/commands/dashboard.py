@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ def _dashboard(args: argparse.Namespace) -> int:
     from rigctl.stream import check_endpoint, subscribe
 
     require_bokeh()
+    if args.nice:
+        os.nice(args.nice)  # the page must never take the CPU from a loop on the same PC
     where = keys.key_dir(args.keys)
     is_stream = "://" in args.target
     if is_stream:
@@ -33,7 +36,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 
         def make_feed():
             return RunDirFeed(Path(args.target))
-    control = None
+    control = None  # no buttons without a key
     if args.key:
         from rigctl.commands.control import resolve_target
         client_key = keys.load_keypair(args.key, where)
@@ -41,9 +44,10 @@ def _dashboard(args: argparse.Namespace) -> int:
         if target is None:
             raise RigctlError("--key with a stream needs --control ADDRESS_OR_RUN_DIR for the buttons")
 
-        def control(cmd: str) -> dict:
+        def send(cmd: str) -> dict:
             endpoint, server = resolve_target(target, args.server_key, where)  # again: a resume moves it
             return request(endpoint, server, client_key, cmd, timeout_s=3.0)
+        control = send
     token = None if is_loopback(f"tcp://{args.address}:1") else secrets.token_urlsafe(18)
     config = DashboardConfig(address=args.address, port=args.port, token=token, control=control)
 
@@ -75,4 +79,7 @@ def register(sub) -> None:
     p.add_argument("--server-key", metavar="KEY", help="the rig's public key for a control ADDRESS")
     p.add_argument("--stream-server-key", metavar="KEY", help="the rig's public key of a CURVE stream "
                                                               "(`run --stream-curve`); your key is --key")
+    p.add_argument("--nice", type=int_in(0, 19), default=10,
+                   help="lower the dashboard's CPU priority by this much (default 10: a loop on the same PC "
+                        "comes first)")
     p.set_defaults(func=_dashboard)
