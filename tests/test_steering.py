@@ -119,3 +119,23 @@ def test_pause_abort_and_resume_replays_the_shifted_plan(small_protocol, tmp_pat
         _run(small_protocol, out, ScriptedControl({**script, 300: [("abort", "")]}))
     resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
     assert _files(out) == _files(whole)
+
+
+def test_hardware_resume_rebuilds_the_shifted_plan_from_the_events(small_protocol, tmp_path):
+    """On a rig without checkpoints (hardware) the plan shift comes back from the `pause_end` events."""
+    from fakes import fake_hardware_rig_factory
+    from rigctl.protocol import BssSchedule, load_protocol
+
+    out = tmp_path / "hw"
+    opts = RunOptions(rig="sim-events", seed=3, progress=False)
+    with pytest.raises(RunAborted):
+        start_run(str(small_protocol), opts, out, rig_factory=fake_hardware_rig_factory,
+                  control=ScriptedControl({30: [("pause", "")], 120: [("resume", "")], 250: [("abort", "")]}))
+    resume_run(out, RunOptions(progress=False), rig_factory=fake_hardware_rig_factory)
+    trials = read_trials(out)
+    assert list(trials["trial"]) == list(range(1, 21)) * 3
+    end = next(e for e in read_jsonl(out / "events.jsonl") if e["event"] == "pause_end")
+    first, shift = end["first_shifted_trial"] - 1, end["total_shift_samples"]
+    sched = BssSchedule(load_protocol(out / "protocol.yaml"), 3, 25000.0)
+    planned = np.array([sched.trial_sample(i) for i in range(60)])
+    assert np.array_equal(trials["sample"], planned + np.where(np.arange(60) >= first, shift, 0))
