@@ -168,7 +168,10 @@ class ControlServer:
                 continue
             user = frames[-1].get("User-Id")
             name = self.clients.get(user.encode("ascii"), "?") if user else "?"
-            reply = self._handle(name, frames[-1].bytes)
+            try:
+                reply = self._handle(name, frames[-1].bytes)
+            except Exception as exc:  # noqa: BLE001 - the endpoint must outlive one bad request
+                reply = self._logged(name, "?", "", {"ok": False, "error": f"internal error: {type(exc).__name__}"})
             self._sock.send_multipart([frames[0].bytes, b"", json.dumps(reply).encode()])
 
     def _handle(self, name: str, body: bytes) -> dict[str, Any]:

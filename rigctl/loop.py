@@ -99,6 +99,7 @@ class ProtocolRunner:
         self._checkpoint_due = False  # a trial asked for a checkpoint; taken at the end of its chunk
         self.steering = steering
         self._publish_spikes = getattr(publisher, "spikes", None)  # the stream's bounded binary spike topic
+        self._publish_raw = getattr(publisher, "raw", None)  # and its raw topic (None when off)
         self.shift = PlanShift()  # pauses move the rest of the plan later
         self.paused_since: int | None = None  # clock when the current pause took effect
         self._handed_until = 0  # one past the last sample of a handed-over pulse or scheduled response window
@@ -325,6 +326,8 @@ class ProtocolRunner:
             elif cfg.raw == "trials":
                 for a, b in kept:
                     self.store.append_raw(a, chunk.samples[a - chunk.first_sample:b - chunk.first_sample])
+        if self._publish_raw is not None and chunk.samples.shape[1]:
+            self._publish_raw(chunk.first_sample, chunk.samples)
         self.clock = chunk.end_sample
         self.chunk_hint = max(self.chunk_hint, chunk.n_samples)
         self.stim.on_chunk(chunk.end_sample)

@@ -26,7 +26,7 @@ SCHEMA_VERSION = 1
 ENDPOINT = re.compile(r"(tcp://[A-Za-z0-9.\-\[\]:*]+:(\d{1,5}|\*)|ipc://[^\s]{1,200})")
 JSON_TOPICS = ("run_start", "status", "session_start", "trial", "session_end", "model", "overrun", "fault",
                "pause", "pause_end", "mark", "abort", "run_end")
-BINARY_TOPICS = ("spikes",)
+BINARY_TOPICS = ("spikes", "raw")
 SPIKE_DTYPES = ("<i8", "<i4")  # body: n sample indices, then n channel indices
 
 
@@ -53,10 +53,11 @@ class _Keys:
 
 class Publisher:
     """Publishes the topics of docs/stream.md. `spikes_per_s`: the binary spike topic's message rate
-    (0: off); each message holds at most `max_spikes` spikes (the rest are counted in `dropped`)."""
+    (0: off); each message holds at most `max_spikes` spikes (the rest are counted in `dropped`). `raw_per_s`:
+    the binary raw topic's rate (0: off); each message is one whole chunk of int16 samples."""
 
     def __init__(self, endpoint: str, curve: tuple[KeyPair, dict[bytes, str]] | None = None,
-                 spikes_per_s: float = 0.0, max_spikes: int = 20000, hwm: int = 10000):
+                 spikes_per_s: float = 0.0, max_spikes: int = 20000, hwm: int = 10000, raw_per_s: float = 0.0):
         check_endpoint(endpoint)
         self._ctx = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
@@ -86,6 +87,10 @@ class Publisher:
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_n = 0
         self._next_spikes_s = 0.0
+        self._raw_period_s = 1.0 / raw_per_s if raw_per_s > 0 else 0.0
+        self._next_raw_s = 0.0
+        if not self._raw_period_s:
+            self.raw = None  # the loop skips the call
 
     def _header(self, topic: str, payload: dict) -> bytes:
         self._seq += 1
@@ -121,6 +126,17 @@ class Publisher:
         self._send([b"spikes", header, sample[:n].tobytes() + channel[:n].tobytes()])
         self._pending, self._pending_n = [], 0
 
+    def raw(self, first_sample: int, samples: np.ndarray) -> None:
+        """One chunk of raw samples (int16 [n, channels]) at most `raw_per_s` times a second."""
+        now = time.monotonic()
+        if now < self._next_raw_s or samples.size == 0:
+            return
+        self._next_raw_s = now + self._raw_period_s
+        data = np.ascontiguousarray(samples, dtype="<i2")
+        header = self._header("raw", {"first_sample": int(first_sample), "n_samples": int(data.shape[0]),
+                                      "n_channels": int(data.shape[1]), "dtype": "<i2"})
+        self._send([b"raw", header, data.tobytes()])
+
     def close(self) -> None:
         self._sock.close()
         if self._auth is not None:
@@ -140,6 +156,11 @@ class Message:
         sample = np.frombuffer(self.body, SPIKE_DTYPES[0], n)
         channel = np.frombuffer(self.body, SPIKE_DTYPES[1], n, offset=8 * n)
         return sample, channel
+
+    def raw_samples(self) -> np.ndarray:
+        """int16 [n_samples, n_channels] of a `raw` message."""
+        h = self.header
+        return np.frombuffer(self.body, h["dtype"]).reshape(int(h["n_samples"]), int(h["n_channels"]))
 
 
 class Subscription:

@@ -92,3 +92,33 @@ def test_curve_stream_admits_only_the_allow_list(tmp_path):
 def test_a_stream_needs_a_client_key_for_curve(tmp_path):
     with pytest.raises(StreamError, match="client's key pair"):
         subscribe("tcp://127.0.0.1:5999", server_key=b"x" * 40)
+
+
+def test_raw_topic_carries_whole_chunks_as_recorded(small_protocol, tmp_path):
+    from rigctl.store import RAW_INDEX_DTYPE, read_records
+
+    pub = Publisher("tcp://127.0.0.1:*", raw_per_s=100.0)
+    sub = subscribe(pub.endpoint, topics=("raw", "run_end", "probe"))
+    try:
+        _connected(pub, sub)
+        out = start_run(str(small_protocol), RunOptions(rig="sim", seed=2, progress=False), tmp_path / "r", pub,
+                        rig_factory=fake_rig_factory)
+        msgs = [m for m in _drain(sub) if m.topic == "raw"]
+    finally:
+        sub.close()
+        pub.close()
+    assert msgs
+    raw = np.fromfile(out / "raw.bin", "<i2").reshape(-1, 64)
+    index = read_records(out / "raw_index.bin", RAW_INDEX_DTYPE)
+    compared = 0
+    for m in msgs:
+        block = m.raw_samples()
+        h = m.header
+        assert block.shape == (h["n_samples"], h["n_channels"]) == (h["n_samples"], 64)
+        for seg in index:  # where a published chunk lies inside a stored raw segment, the samples agree
+            lo, hi = seg["first_sample"], seg["first_sample"] + seg["n_samples"]
+            if lo <= h["first_sample"] and h["first_sample"] + h["n_samples"] <= hi:
+                row = seg["offset"] // (2 * 64) + h["first_sample"] - lo
+                assert np.array_equal(raw[row:row + h["n_samples"]], block)
+                compared += 1
+    assert compared > 0

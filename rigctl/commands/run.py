@@ -47,8 +47,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _publisher(args: argparse.Namespace):
     if not args.stream:
-        if args.stream_curve or args.stream_spikes_hz:
-            raise RigctlError("--stream-curve and --stream-spikes-hz need --stream ENDPOINT")
+        if args.stream_curve or args.stream_spikes_hz or args.stream_raw_hz:
+            raise RigctlError("--stream-curve, --stream-spikes-hz and --stream-raw-hz need --stream ENDPOINT")
         return None
     from rigctl.control import is_loopback
     from rigctl.stream import Publisher, check_endpoint
@@ -61,7 +61,8 @@ def _publisher(args: argparse.Namespace):
     elif not is_loopback(args.stream):
         print(f"warning: --stream {args.stream} is reachable from other machines without authentication; "
               "--stream-curve admits only the allow-list's keys", file=sys.stderr)
-    publisher = Publisher(args.stream, curve=curve, spikes_per_s=args.stream_spikes_hz or 0.0)
+    publisher = Publisher(args.stream, curve=curve, spikes_per_s=args.stream_spikes_hz or 0.0,
+                          raw_per_s=args.stream_raw_hz or 0.0)
     print(f"stream: {publisher.endpoint}{' (CURVE)' if curve else ''}", file=sys.stderr, flush=True)
     return publisher
 
@@ -110,6 +111,8 @@ def register(sub) -> None:
                         "that leaves the machine)")
     p.add_argument("--stream-spikes-hz", type=_argtypes.finite_float_in(0.1, 100.0),
                    help="also publish the binary `spikes` topic, at most this many messages a second")
+    p.add_argument("--stream-raw-hz", type=_argtypes.finite_float_in(0.1, 100.0),
+                   help="also publish the binary `raw` topic: one chunk of int16 samples, at most this many a second")
     p.add_argument("--control", nargs="?", const="tcp://127.0.0.1:*", metavar="ENDPOINT",
                    help="open the CURVE-authenticated control endpoint (default tcp://127.0.0.1 on a free port; "
                         "see docs/control.md)")
