@@ -4,12 +4,13 @@ Attached = the stream (rigctl.stream.Publisher on loopback, binary spikes at 10 
 endpoint (rigctl.control.ControlServer, CURVE) polled for `status` twice a second by another process, and
 `rigctl dashboard` subscribed to the stream (with --browser, a headless Chromium showing its page).
 The rig is paced to the wall clock (--realtime), as on a rig: the loop waits for its chunks, and what the live
-parts cost shows as latency, not as a slower run. Rounds alternate bare and attached so that the load of this shared machine falls on both alike; each side's p99
-pools its rounds, and the median of its rounds' p99 is printed too (robust to a burst of other load in one
+parts cost shows as latency, not as a slower run. Rounds alternate bare and attached so that the load of this
+shared machine falls on both alike; each side's p99 pools its rounds, and the median of its rounds' p99 is printed too (robust to a burst of other load in one
 round). The dashboard runs at its default lowered priority (`--nice 10`).
 
 A second figure: a slow subscriber. The stream carries binary spikes at 100 messages/s to a subscriber that
-reads one message every 50 ms with a receive high-water mark of 10 (so messages pile up and are dropped); the
+reads one message every 50 ms with a receive high-water mark of 10 (messages pile up at the publisher, which
+drops them beyond its own high-water mark); the
 loop's p99 and wall time are compared with the bare loop, and the subscriber's sequence gaps are counted.
 
     python bench/bench_live.py [--seconds 10] [--rounds 3] [--browser]
@@ -156,7 +157,8 @@ def main() -> int:
               f"{p_slow:.1f} us: {100 * (p_slow / p_base - 1):+.1f} %; publisher never blocked (sends are "
               f"non-blocking), messages the publisher counted refused: {pub.dropped} {got}")
         print(json.dumps({"p99_bare_us": round(p_bare, 1), "p99_attached_us": round(p_live, 1),
-                          "median_round_p99_bare_us": round(m_bare, 1), "median_round_p99_attached_us": round(m_live, 1),
+                          "median_round_p99_bare_us": round(m_bare, 1),
+                          "median_round_p99_attached_us": round(m_live, 1),
                           "attached_vs_bare_pct": round(100 * (p_live / p_bare - 1), 1),
                           "p99_slow_subscriber_us": round(p_slow, 1), "p99_slow_bare_us": round(p_base, 1)}))
     return 0

@@ -256,8 +256,8 @@ class ProtocolRunner:
 
     def _skip_rest_if_possible(self) -> None:
         """Before a session's first trial, jump a simulated rig to its lead-in (nothing is recorded there)."""
-        if (self.next_to_schedule == 0 or self.paused_since is not None or self.windows.open or not self.amp.can_skip
-                or self.cfg.raw == "all" or self.cfg.spikes == "all"):
+        if (self.next_to_schedule == 0 or self.paused_since is not None or self.windows.open
+                or not self.amp.can_skip or self.cfg.raw == "all" or self.cfg.spikes == "all"):
             return
         planned = self._peek()
         if planned is None or planned.trial != 1 or self._keeping():
