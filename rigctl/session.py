@@ -98,15 +98,17 @@ def _signal_factory(rig: Rig):
     return make, asdict(config)
 
 
-def _check_plan(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, first_trial: int = 0) -> None:
+def _check_plan(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, first_trial: int = 0,
+                shift: PlanShift | None = None) -> None:
     """Every command the run will send (open loop), or every command a closed-loop protocol may send,
     checked against every safety limit and the device before the first is sent; a violation names the
-    protocol file, the trial and the rig's limits."""
+    protocol file, the trial and the rig's limits. A resumed run's plan is checked as pauses moved it (`shift`)."""
+    shift = shift or PlanShift()
     cfg = protocol.config
     rig_name = rig.description.get("path") or rig.description.get("kind", "the rig")
     if protocol.open_loop:
-        commands = (c for c in (protocol.trial(i, 0).command for i in range(first_trial, protocol.n_trials))
-                    if c is not None)
+        commands = (c for c in (shift.apply(protocol.trial(i, 0)).command
+                                for i in range(first_trial, protocol.n_trials)) if c is not None)
         check = guarded.check_plan
     else:
         commands = list(protocol.candidate_commands())
@@ -253,7 +255,7 @@ def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher,
             redo = (plan.trial(nxt, 0).sample + runner.shift.offset(nxt)
                     if plan.open_loop and nxt < plan.n_trials else None)
             guarded.rates.last_sample = last_pulse_per_electrode(run_dir, before_sample=redo)
-        _check_plan(plan, guarded, rig, first_trial=runner.next_to_schedule)
+        _check_plan(plan, guarded, rig, first_trial=runner.next_to_schedule, shift=runner.shift)
         if runner.paused_since is not None:  # stopped while paused: a resumed run ends its pause at once
             runner.steering = runner.steering or Steering()
             runner.steering.request("resume", "run --resume")

@@ -139,3 +139,27 @@ def test_hardware_resume_rebuilds_the_shifted_plan_from_the_events(small_protoco
     sched = BssSchedule(load_protocol(out / "protocol.yaml"), 3, 25000.0)
     planned = np.array([sched.trial_sample(i) for i in range(60)])
     assert np.array_equal(trials["sample"], planned + np.where(np.arange(60) >= first, shift, 0))
+
+
+def test_a_resumed_plan_is_safety_checked_as_the_pauses_moved_it(small_protocol):
+    """The rate memory of a resumed run holds the pulses as delivered (shifted); the rest of the plan must be
+    checked shifted too, or an unshifted trial can seem to fall on a delivered pulse."""
+    from rigctl.errors import SafetyViolation
+    from rigctl.protocol import load_protocol
+    from rigctl.rigs import Rig
+    from rigctl.safety import GuardedStimulator, SafetyLimits
+    from rigctl.session import _check_plan
+    from rigctl.steering import PlanShift
+
+    plan = load_protocol(str(small_protocol)).make_protocol(5, 25000.0)
+    t9, t10 = plan.trial(9, 0), plan.trial(10, 0)
+    assert set(t9.command.electrodes) & set(t10.command.electrodes)
+    isi = t10.sample - t9.sample
+    shift = PlanShift([(9, isi)])  # trial 9 was delivered where trial 10 was planned
+    limits = SafetyLimits(n_electrodes=64)
+    rig = Rig(None, None, limits, {"kind": "test"})
+    guard = GuardedStimulator(None, limits, 25000.0)
+    guard.rates.last_sample = {e: t9.sample + isi for e in t9.command.electrodes}
+    _check_plan(plan, guard, rig, first_trial=10, shift=shift)
+    with pytest.raises(SafetyViolation, match="faster than"):
+        _check_plan(plan, guard, rig, first_trial=10)
