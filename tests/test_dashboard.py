@@ -118,8 +118,9 @@ def test_the_pause_button_pauses_a_live_run(tmp_path):
     proto = tmp_path / "ten.yaml"
     proto.write_text(TEN_SESSIONS)
     out = tmp_path / "run"
-    run = LiveRun("run", str(proto), "--rig", "sim-events", "--realtime", "--out", str(out), "--no-report",
-                  "--no-progress", "--control", "--keys", str(keys))
+    # 60 sessions (~2 min of wall clock): long enough for any start-up of the page; the test aborts it early
+    run = LiveRun("run", str(proto), "--set", "sessions=60", "--rig", "sim-events", "--realtime", "--out", str(out),
+                  "--no-report", "--no-progress", "--control", "--keys", str(keys))
     dash = driver = None
     try:
         run.wait_for("control: ")
