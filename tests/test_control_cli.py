@@ -5,7 +5,6 @@ rigctl.stream.subscribe, then `rigctl run --resume` to the end."""
 import json
 
 import numpy as np
-import pytest
 
 from livehelp import TEN_SESSIONS, LiveRun, listening_tcp, make_keys
 from runcli import rigctl
