@@ -13,6 +13,11 @@ One iteration, in this order (the stages are small objects in rigctl/stages.py a
 6. trials whose window is complete go to the sinks: the store, the protocol (`on_response`: a closed-loop
    protocol decides its next stimulus here), the online models, the stream; session ends likewise;
 7. checkpoint, at the end of the chunk only, so that it holds a consistent cut.
+
+Steering (rigctl.steering, fed by the control channel) is applied at the top of each iteration, between two
+chunks: a pause stops planning at the next trial boundary (trials already handed over finish; recording goes
+on), a resume moves the rest of the plan later by the pause's length, an abort puts the stimulator in its safe
+state, checkpoints and raises `RunAborted`; a mark is stored as an event. See docs/control.md.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from rigctl.errors import RigctlError
 from rigctl.online import TrialModel
 from rigctl.safety import GuardedStimulator, Watchdog
 from rigctl.stages import KeepRanges, Progress, SpikeSource
+from rigctl.steering import PlanShift, RunAborted, Steering, SteerRequest
 from rigctl.store import SessionStore
 from rigctl.trials import OpenTrial, TrialWindows
 from rigctl.types import Chunk, StimCommand, TrialRecord
@@ -60,7 +66,8 @@ class ProtocolRunner:
 
     def __init__(self, protocol: Protocol, amplifier: Amplifier, stimulator: GuardedStimulator,
                  store: SessionStore, models: list[TrialModel], make_signal_path: Callable[[], Any] | None,
-                 config: LoopConfig = LoopConfig(), publisher=None, rig_state=None, reactions: list | None = None):
+                 config: LoopConfig = LoopConfig(), publisher=None, rig_state=None, reactions: list | None = None,
+                 steering: Steering | None = None):
         self.protocol = protocol
         self.cfg = protocol.config
         self.amp = amplifier
@@ -90,6 +97,17 @@ class ProtocolRunner:
         self._peeked: PlannedTrial | None = None  # the next trial, as the protocol answered for it
         self._session_counts: list[np.ndarray] = []
         self._checkpoint_due = False  # a trial asked for a checkpoint; taken at the end of its chunk
+        self.steering = steering
+        self._publish_spikes = getattr(publisher, "spikes", None)  # the stream's bounded binary spike topic
+        self._publish_raw = getattr(publisher, "raw", None)  # and its raw topic (None when off)
+        self.shift = PlanShift()  # pauses move the rest of the plan later
+        self.paused_since: int | None = None  # clock when the current pause took effect
+        self._handed_until = 0  # one past the last sample of a handed-over pulse or scheduled response window
+        self._status_wall0 = time.monotonic()
+        self._status_done0 = 0
+        self._next_status_wall = 0.0
+        if steering is not None:
+            steering.status_source = self.status
 
     # ---- state for checkpoints ----------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -105,9 +123,16 @@ class ProtocolRunner:
             "rig": None if self.rig_state is None else self.rig_state.get_state(),
             "stats": asdict(self.stats),
             "session_counts": [c.copy() for c in self._session_counts],
+            "plan_shift": [list(s) for s in self.shift.segments],
+            "paused_since": self.paused_since,
+            "handed_until": self._handed_until,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
+        # first: the open trials below are planned again through the shift (no key: made before pauses existed)
+        self.shift = PlanShift(state.get("plan_shift"))
+        self.paused_since = state.get("paused_since")
+        self._handed_until = int(state.get("handed_until", 0))
         self.next_to_schedule = state["next_to_schedule"]
         self.n_done = state["n_done"]
         self.clock = state["clock"]
@@ -147,8 +172,12 @@ class ProtocolRunner:
                     m.end_session(record.session)
         self.n_done = self.next_to_schedule = len(trials)
 
+    def _plan(self, index: int, now_sample: int) -> PlannedTrial | None:
+        """The protocol's trial `index`, moved later by the pauses before it (the protocol sees its own clock)."""
+        return self.shift.apply(self.protocol.trial(index, now_sample - self.shift.offset(index)))
+
     def _decided(self, index: int, now_sample: int = 0) -> PlannedTrial:
-        planned = self.protocol.trial(index, now_sample)
+        planned = self._plan(index, now_sample)
         if planned is None:
             raise RigctlError(f"protocol {self.cfg.name} cannot say what its trial {index + 1} was (it must "
                               "answer for every trial whose predecessors' responses it has heard)")
@@ -175,7 +204,9 @@ class ProtocolRunner:
         self._clock_origin = None  # set at the first chunk: start-up (JIT compilation, connects) is not lag
         watchdog = Watchdog(self.config.watchdog_s, self._on_stall).start() if self.config.realtime else None
         try:
-            while self.n_done < total or self._keeping() or self.clock < self.protocol.record_until:
+            while self.n_done < total or self._keeping() or self.clock < self._record_until():
+                if self.steering is not None:
+                    self._steer()
                 self._skip_rest_if_possible()
                 self._schedule_ahead()
                 chunk = self.amp.read()
@@ -188,8 +219,13 @@ class ProtocolRunner:
                                       "stored (an inconsistent checkpoint?); the run cannot complete")
                 if watchdog is not None:
                     watchdog.kick()
+        except RunAborted:
+            raise  # _abort put the stimulator in its safe state and checkpointed
         except BaseException as exc:
             self.stim.safe_state()
+            if self.publisher is not None:
+                self.publisher.publish("fault", {"error": type(exc).__name__, "message": str(exc)[:500],
+                                                 "trials_done": self.n_done, "sample": self.clock})
             self.store.append_event("fault", error=type(exc).__name__, message=str(exc),
                                     trials_done=self.n_done, sample=self.clock)
             self.store.flush()
@@ -215,13 +251,13 @@ class ProtocolRunner:
         if index >= self.protocol.n_trials:
             return None
         if self._peeked is None or self._peeked.index != index:
-            self._peeked = self.protocol.trial(index, self.clock)
+            self._peeked = self._plan(index, self.clock)
         return self._peeked
 
     def _skip_rest_if_possible(self) -> None:
         """Before a session's first trial, jump a simulated rig to its lead-in (nothing is recorded there)."""
-        if (self.next_to_schedule == 0 or self.windows.open or not self.amp.can_skip
-                or self.cfg.raw == "all" or self.cfg.spikes == "all"):
+        if (self.next_to_schedule == 0 or self.paused_since is not None or self.windows.open
+                or not self.amp.can_skip or self.cfg.raw == "all" or self.cfg.spikes == "all"):
             return
         planned = self._peek()
         if planned is None or planned.trial != 1 or self._keeping():
@@ -240,6 +276,8 @@ class ProtocolRunner:
         return self.keep["raw"].pending(self.clock) or self.keep["spikes"].pending(self.spikes_until)
 
     def _schedule_ahead(self) -> None:
+        if self.paused_since is not None:
+            return  # paused: nothing more is handed to the stimulator
         horizon = self.clock + max(self.lookahead, 2 * self.chunk_hint)
         cfg = self.cfg
         while True:
@@ -254,12 +292,14 @@ class ProtocolRunner:
             for kind, window in (("raw", cfg.raw_window_ms), ("spikes", cfg.spike_window_ms)):
                 self.keep[kind].add(planned.sample + self.protocol.ms_to_samples(window[0]),
                                     planned.sample + self.protocol.ms_to_samples(window[1]))
+            self._handed_until = max(self._handed_until, planned.sample + self.windows.window_samples[1])
             self.next_to_schedule += 1
 
     def _deliver(self, command: StimCommand) -> None:
         """Safety-check and hand a command to the stimulator, log it, warn the artifact blanker.
         A SafetyViolation propagates: the run stops and the stimulator goes to its safe state."""
         self.stim.schedule(command)
+        self._handed_until = max(self._handed_until, command.sample + 1)
         self.store.append_stim(command)
         self.source.expect_pulse(command)
 
@@ -268,6 +308,9 @@ class ProtocolRunner:
         for name, payload in self.models_begin(planned.session):
             if payload is not None:
                 self.store.append_model_session(name, planned.session, "prediction", payload)
+                if self.publisher is not None:
+                    self.publisher.publish("model", {"model": name, "session": planned.session,
+                                                     "phase": "prediction", **payload})
         if self.publisher is not None:
             self.publisher.publish("session_start", {"session": planned.session})
 
@@ -283,6 +326,8 @@ class ProtocolRunner:
             elif cfg.raw == "trials":
                 for a, b in kept:
                     self.store.append_raw(a, chunk.samples[a - chunk.first_sample:b - chunk.first_sample])
+        if self._publish_raw is not None and chunk.samples.shape[1]:
+            self._publish_raw(chunk.first_sample, chunk.samples)
         self.clock = chunk.end_sample
         self.chunk_hint = max(self.chunk_hint, chunk.n_samples)
         self.stim.on_chunk(chunk.end_sample)
@@ -296,9 +341,12 @@ class ProtocolRunner:
                     lo, hi = np.searchsorted(spikes.sample, (a, b))
                     self.store.append_spikes(spikes.select(slice(lo, hi)))
             self.windows.count(spikes)
-            for rule in self.reactions:
-                for command in rule(spikes, chunk.end_sample):
-                    self._deliver(command)
+            if self.paused_since is None:  # a pause holds the closed-loop rules too
+                for rule in self.reactions:
+                    for command in rule(spikes, chunk.end_sample):
+                        self._deliver(command)
+            if self._publish_spikes is not None:
+                self._publish_spikes(spikes)
         self.keep["spikes"].prune(processed_until)
         for t in self.windows.complete(processed_until):
             self._finish_trial(t, progress)
@@ -306,6 +354,9 @@ class ProtocolRunner:
         self.stats.samples += chunk.n_samples
         if self.config.realtime:
             self._check_lag(chunk)
+        if self.publisher is not None and time.monotonic() >= self._next_status_wall:
+            self._next_status_wall = time.monotonic() + 0.5
+            self.publisher.publish("status", self.status())
         if self._checkpoint_due:
             # only here, with every trial this chunk finished stored: a checkpoint taken between two trials
             # that finished in one chunk would hold a cut in which the second has left the open set unstored
@@ -336,8 +387,10 @@ class ProtocolRunner:
         self.n_done += 1
         progress.trial()
         if self.publisher is not None:
-            self.publisher.publish("trial", {"session": record.session, "trial": record.trial,
-                                             "sample": record.sample, "counts": record.counts.tolist()})
+            self.publisher.publish("trial", {"index": self.n_done - 1, "session": record.session,
+                                             "trial": record.trial, "sample": record.sample,
+                                             "counts": record.counts.tolist(),
+                                             "fields": {k: _plain(v) for k, v in record.fields.items()}})
         session_end = t.planned.last_in_session
         if session_end:
             self._end_session(record.session, progress)
@@ -351,7 +404,79 @@ class ProtocolRunner:
         self.store.append_event("session_end", session=session, trials=len(counts),
                                 mean_evoked_per_trial=mean_evoked, overruns=self.stats.overruns)
         for m in self.models:
-            self.store.append_model_session(m.name, session, "end", m.end_session(session))
+            payload = m.end_session(session)
+            self.store.append_model_session(m.name, session, "end", payload)
+            if self.publisher is not None:
+                self.publisher.publish("model", {"model": m.name, "session": session, "phase": "end", **payload})
         if self.publisher is not None:
             self.publisher.publish("session_end", {"session": session, "mean_evoked_per_trial": mean_evoked})
         progress.session(session, self.cfg.sessions, mean_evoked, self.n_done, self.protocol.n_trials)
+
+    # ---- steering (rigctl.steering; docs/control.md) ------------------------------------------------------
+    def _record_until(self) -> int:
+        return self.protocol.record_until + self.shift.total_samples if self.protocol.record_until else 0
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for `rigctl control ... status` and the stream (read from other threads: plain values)."""
+        total = self.protocol.n_trials
+        done = self.n_done
+        wall = time.monotonic() - self._status_wall0
+        rate = (done - self._status_done0) / wall if wall > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 and done < total else None
+        return {"state": "paused" if self.paused_since is not None else "running",
+                "protocol": self.cfg.name, "trials_done": done, "trials_total": total,
+                "sessions_total": self.cfg.sessions, "sample": self.clock,
+                "rig_time_s": round(self.clock / self.fs, 3), "sample_rate_hz": self.fs,
+                "n_electrodes": self.amp.n_channels, "eta_s": None if eta is None else round(eta, 1),
+                "overruns": self.stats.overruns, "shift_samples": self.shift.total_samples}
+
+    def _steer(self) -> None:
+        for req in self.steering.take():
+            if req.kind == "mark":
+                self._event("mark", text=req.text, by=req.by, sample=self.clock, trials_done=self.n_done)
+            elif req.kind == "pause" and self.paused_since is None:
+                self.paused_since = self.clock
+                # the trial boundary: no pulse and no response window of a handed-over trial at or after it
+                self._event("pause", by=req.by, sample=self.clock, from_sample=max(self.clock, self._handed_until),
+                            next_trial=self.next_to_schedule + 1, trials_done=self.n_done)
+                self._checkpoint_due = True
+            elif req.kind == "resume" and self.paused_since is not None:
+                self._resume_plan(req.by)
+            elif req.kind == "abort":
+                self._abort(req)
+
+    def _resume_plan(self, by: str) -> None:
+        """Move the rest of the plan later by the pause's length (more if its next trial would fall before
+        the clock, which only a chunk longer than the look-ahead can cause)."""
+        delta = self.clock - self.paused_since
+        nxt = self.next_to_schedule
+        if nxt < self.protocol.n_trials:
+            planned = self.protocol.trial(nxt, self.clock - self.shift.offset(nxt) - delta)
+            if planned is not None:
+                delta = max(delta, self.clock - (planned.sample + self.shift.offset(nxt)))
+        self.shift.add(nxt, delta)
+        self._event("pause_end", by=by, sample=self.clock, paused_from=self.paused_since, shift_samples=delta,
+                    total_shift_samples=self.shift.total_samples, first_shifted_trial=nxt + 1)
+        self.paused_since = None
+        self._peeked = None
+        self._checkpoint_due = True
+
+    def _abort(self, req: SteerRequest) -> None:
+        """Safe state first; then the abort event and a checkpoint (the state at this chunk boundary), so
+        `rigctl run --resume` continues here."""
+        self.stim.safe_state()
+        self._event("abort", by=req.by, sample=self.clock, trials_done=self.n_done)
+        self._checkpoint_due = False
+        self.checkpoint()
+        raise RunAborted(f"aborted from the control channel by {req.by} after {self.n_done} of "
+                         f"{self.protocol.n_trials} trials; stimulator in safe state; continue with "
+                         f"`rigctl run --resume {self.store.path}`")
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        self.store.append_event(kind, **fields)
+        if self.publisher is not None:
+            self.publisher.publish(kind, fields)
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if isinstance(value, np.ndarray) else value

@@ -20,7 +20,9 @@ from rigctl.online import SelectivityTracker
 from rigctl.protocol import load_protocol, name_problem
 from rigctl.rigs import Rig, open_rig
 from rigctl.safety import GuardedStimulator
-from rigctl.store import RunLock, SessionStore, check_new_run_dir, load_run_meta, read_stims, read_trials
+from rigctl.steering import PlanShift, RunAborted, Steering
+from rigctl.store import (RunLock, SessionStore, check_new_run_dir, load_run_meta, read_jsonl, read_stims,
+                          read_trials)
 from rigctl.types import TrialRecord
 
 
@@ -96,15 +98,17 @@ def _signal_factory(rig: Rig):
     return make, config.to_dict()
 
 
-def _check_plan(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, first_trial: int = 0) -> None:
+def _check_plan(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, first_trial: int = 0,
+                shift: PlanShift | None = None) -> None:
     """Every command the run will send (open loop), or every command a closed-loop protocol may send,
     checked against every safety limit and the device before the first is sent; a violation names the
-    protocol file, the trial and the rig's limits."""
+    protocol file, the trial and the rig's limits. A resumed run's plan is checked as pauses moved it (`shift`)."""
+    shift = shift or PlanShift()
     cfg = protocol.config
     rig_name = rig.description.get("path") or rig.description.get("kind", "the rig")
     if protocol.open_loop:
-        commands = (c for c in (protocol.trial(i, 0).command for i in range(first_trial, protocol.n_trials))
-                    if c is not None)
+        commands = (c for c in (shift.apply(protocol.trial(i, 0)).command
+                                for i in range(first_trial, protocol.n_trials)) if c is not None)
         check = guarded.check_plan
     else:
         commands = list(protocol.candidate_commands())
@@ -119,11 +123,12 @@ def _check_plan(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, first_
 
 
 def _make_runner(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, store: SessionStore,
-                 options: RunOptions, publisher=None) -> ProtocolRunner:
+                 options: RunOptions, publisher=None, control=None) -> ProtocolRunner:
     make_signal = _signal_factory(rig)[0]
     config = LoopConfig(realtime=options.realtime, progress=options.progress)
     return ProtocolRunner(protocol, rig.amplifier, guarded, store, _models(protocol, rig.amplifier.n_channels),
-                          make_signal, config, publisher=publisher, rig_state=rig.state)
+                          make_signal, config, publisher=publisher, rig_state=rig.state,
+                          steering=control.make_steering() if control is not None else None)
 
 
 def _guard(cfg: ProtocolConfig, seed: int, rig: Rig) -> tuple[Protocol, GuardedStimulator]:
@@ -141,7 +146,9 @@ def _sigterm_as_interrupt() -> None:
 
 
 def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, publisher=None,
-              rig_factory=open_rig) -> Path:
+              rig_factory=open_rig, control=None) -> Path:
+    """A new run. `publisher`: a rigctl.stream.Publisher (or None); `control`: a rigctl.control.ControlServer,
+    started once the run directory exists (its endpoint goes to run.json) and stopped when the loop ends."""
     protocol = load_protocol(protocol_ref, options.overrides)
     overrides: dict[str, Any] = {}
     if options.sessions is not None:
@@ -188,8 +195,8 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
         }
         store = SessionStore.create(out, meta, {"protocol.yaml": protocol.to_yaml()})
         store.append_event("run_start", seed=seed)
-        runner = _make_runner(plan, guarded, rig, store, options, publisher)
-        _execute(runner, store)
+        runner = _make_runner(plan, guarded, rig, store, options, publisher, control)
+        _execute(runner, store, control)
     finally:
         rig.close()
     return out
@@ -201,19 +208,19 @@ def _shapes(protocol: Protocol, n_electrodes: int) -> dict[str, int]:
     return {**shapes, "n_electrodes": n_electrodes}
 
 
-def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=open_rig) -> Path:
+def resume_run(run_dir: Path, options: RunOptions, publisher=None, rig_factory=open_rig, control=None) -> Path:
     """Continue a stored run. A run whose loop completed but whose report is missing (killed while
     reporting) returns at once, so the caller writes the report."""
     run_dir = Path(run_dir)
     meta = load_run_meta(run_dir)  # names a missing or foreign directory before a lock file is made in it
     lock = RunLock.acquire(run_dir)
     try:
-        return _resume_locked(run_dir, lock, options, publisher, rig_factory)
+        return _resume_locked(run_dir, lock, options, publisher, rig_factory, control)
     finally:
         lock.release()  # the store released it already unless the resume failed before opening the store
 
 
-def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher, rig_factory) -> Path:
+def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher, rig_factory, control) -> Path:
     meta = load_run_meta(run_dir)  # again, under the lock: another writer may have moved it on meanwhile
     if meta.get("status") == "complete":
         if not (run_dir / "summary.json").exists():
@@ -231,7 +238,7 @@ def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher,
     try:
         store = SessionStore.open_existing(run_dir, lock)
         plan, guarded = _guard(protocol, seed, rig)
-        runner = _make_runner(plan, guarded, rig, store, options, publisher)
+        runner = _make_runner(plan, guarded, rig, store, options, publisher, control)
         checkpoint = store.read_checkpoint()
         if rig.state is not None:
             if checkpoint is not None:
@@ -241,32 +248,75 @@ def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher,
                 store.truncate_to({})
         else:
             store.drop_torn_records()
+            runner.shift = plan_shift_from_events(read_jsonl(run_dir / "events.jsonl"))
             runner.continue_from(stored_trial_records(run_dir))
             # the rate limit spans the crash: every pulse before the first trial that is sent again
             nxt = runner.next_to_schedule
-            redo = plan.trial(nxt, 0).sample if plan.open_loop and nxt < plan.n_trials else None
+            redo = (plan.trial(nxt, 0).sample + runner.shift.offset(nxt)
+                    if plan.open_loop and nxt < plan.n_trials else None)
             guarded.rates.last_sample = last_pulse_per_electrode(run_dir, before_sample=redo)
-        _check_plan(plan, guarded, rig, first_trial=runner.next_to_schedule)
+        _check_plan(plan, guarded, rig, first_trial=runner.next_to_schedule, shift=runner.shift)
+        if runner.paused_since is not None:  # stopped while paused: a resumed run ends its pause at once
+            runner.steering = runner.steering or Steering()
+            runner.steering.request("resume", "run --resume")
         store.append_event("resume", trials_done=runner.n_done)
         store.update_meta(status="running")
-        _execute(runner, store)
+        _execute(runner, store, control)
     finally:
         rig.close()
     return run_dir
 
 
-def _execute(runner: ProtocolRunner, store: SessionStore) -> LoopStats:
+def plan_shift_from_events(events: list[dict]) -> PlanShift:
+    """The pauses' plan shift as the `resume` events of a run recorded it (hardware resume: no checkpoint)."""
+    shift = PlanShift()
+    for e in events:
+        if e.get("event") == "pause_end":
+            shift.add(int(e["first_shifted_trial"]) - 1, int(e["shift_samples"]))
+    return shift
+
+
+def _attach_control(control, runner: ProtocolRunner, store: SessionStore) -> None:
+    """Open the control endpoint once the run directory exists; its address goes to run.json and stderr."""
+    endpoint = control.start(runner.steering, store.path / "control.jsonl")
+    store.update_meta(control_endpoint=endpoint, control_server_key=control.public_key)
+    print(f"control: {endpoint} (CURVE; `rigctl control {store.path} status`)", file=sys.stderr, flush=True)
+
+
+def _detach_control(control) -> dict[str, Any]:
+    if control is None:
+        return {}
+    control.stop()
+    return {"control_endpoint": None}
+
+
+def _execute(runner: ProtocolRunner, store: SessionStore, control=None) -> LoopStats:
     _sigterm_as_interrupt()
     try:
+        if control is not None:
+            _attach_control(control, runner, store)
+        if runner.publisher is not None:
+            runner.publisher.publish("run_start", {**runner.status(), "run_dir": str(store.path),
+                                                   "layout": _layout(runner)})
         stats = runner.run()
     except BaseException as exc:
-        store.update_meta(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                          error=f"{type(exc).__name__}: {exc}", trials_done=runner.n_done)
+        closed = _detach_control(control)
+        interrupted = isinstance(exc, (KeyboardInterrupt, RunAborted))
+        store.update_meta(status="interrupted" if interrupted else "failed",
+                          error=f"{type(exc).__name__}: {exc}", trials_done=runner.n_done, **closed)
         store.close()
         raise
     store.append_event("run_end", trials_done=runner.n_done)
     store.sync()  # run_end is on disk before the status says complete
+    closed = _detach_control(control)
+    if runner.publisher is not None:
+        runner.publisher.publish("run_end", {"trials_done": runner.n_done, "overruns": stats.overruns})
     store.update_meta(status="complete", trials_done=runner.n_done,
-                      loop_stats={k: v for k, v in asdict(stats).items()})
+                      loop_stats={k: v for k, v in asdict(stats).items()}, **closed)
     store.close()
     return stats
+
+
+def _layout(runner: ProtocolRunner) -> list[list[float]] | None:
+    layout = getattr(runner.amp, "layout", None)
+    return None if layout is None else np.asarray(layout.positions_um).round(1).tolist()

@@ -169,8 +169,10 @@ def synthetic_recording(channels: int, rate_hz: float, seconds: float, seed: int
 
 
 def measure_latency(rig: str, channels: int, rate_hz: float, chunk_ms: float, seconds: float, seed: int = 0,
-                    realtime: bool = False) -> LatencyResult:
-    """Run the loop for `seconds` of rig time on `rig` and collect closed-loop latencies."""
+                    realtime: bool = False, publisher=None, steering=None) -> LatencyResult:
+    """Run the loop for `seconds` of rig time on `rig` and collect closed-loop latencies. `publisher` (a
+    rigctl.stream.Publisher) and `steering` (a control server's queue) attach the live parts
+    (bench/bench_live.py compares)."""
     from rigctl.drivers.playback import PlaybackAmplifier
     from rigctl.loop import LoopConfig, ProtocolRunner
     from rigctl.protocol import load_protocol
@@ -220,7 +222,8 @@ def measure_latency(rig: str, channels: int, rate_hz: float, chunk_ms: float, se
             return SignalPath(amp.n_channels, amp.sample_rate_hz, amp.uV_per_bit, SignalConfig())
         make_signal = None if getattr(amp_inner, "mode", "voltage") == "events" else voltage_signal_path
         runner = ProtocolRunner(plan, amp, guarded, store, [], make_signal,
-                                LoopConfig(realtime=realtime, progress=False), reactions=[rule])
+                                LoopConfig(realtime=realtime, progress=False), reactions=[rule],
+                                publisher=publisher, steering=steering)
         t0 = time.monotonic()
         runner.run()
         wall = time.monotonic() - t0

@@ -17,21 +17,20 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(rig=args.rig, seed=args.seed, sessions=args.sessions, drug=args.drug,
                          realtime=args.realtime, chunk_ms=args.chunk_ms, progress=not args.no_progress,
                          overrides=tuple(args.set))
-    publisher = None
-    if args.stream:
-        from rigctl.stream import Publisher
-        publisher = Publisher(args.stream)
+    publisher = _publisher(args)
+    control = None
     t0 = time.monotonic()
     try:
+        control = _control_server(args)
         if args.resume:
             if args.protocol or args.set:
                 raise RigctlError("give either PROTOCOL (with --set) or --resume RUN_DIR, not both")
-            run_dir = resume_run(Path(args.resume), options, publisher)
+            run_dir = resume_run(Path(args.resume), options, publisher, control=control)
         else:
             if not args.protocol:
                 raise RigctlError("PROTOCOL is required (a library name such as isomura2023_bss, or a path), "
                                   "or --resume RUN_DIR")
-            run_dir = start_run(args.protocol, options, args.out, publisher)
+            run_dir = start_run(args.protocol, options, args.out, publisher, control=control)
     finally:
         if publisher is not None:
             publisher.close()
@@ -44,6 +43,45 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def _publisher(args: argparse.Namespace):
+    if not args.stream:
+        if args.stream_curve or args.stream_spikes_hz or args.stream_raw_hz:
+            raise RigctlError("--stream-curve, --stream-spikes-hz and --stream-raw-hz need --stream ENDPOINT")
+        return None
+    from rigctl.control import is_loopback
+    from rigctl.stream import Publisher, check_endpoint
+    check_endpoint(args.stream)
+    curve = None
+    if args.stream_curve:
+        from rigctl import keys
+        where = keys.key_dir(args.keys)
+        curve = (keys.load_keypair(args.control_key, where), keys.allowed_clients(where))
+    elif not is_loopback(args.stream):
+        print(f"warning: --stream {args.stream} is reachable from other machines without authentication; "
+              "--stream-curve admits only the allow-list's keys", file=sys.stderr)
+    publisher = Publisher(args.stream, curve=curve, spikes_per_s=args.stream_spikes_hz or 0.0,
+                          raw_per_s=args.stream_raw_hz or 0.0)
+    print(f"stream: {publisher.endpoint}{' (CURVE)' if curve else ''}", file=sys.stderr, flush=True)
+    return publisher
+
+
+def _control_server(args: argparse.Namespace):
+    """The control endpoint of `--control`: the rig's key pair and allow-list from the key directory."""
+    if args.control is None:
+        return None
+    from rigctl import keys
+    from rigctl.control import ControlServer
+    from rigctl.stream import check_endpoint
+    check_endpoint(args.control, "--control")
+    where = keys.key_dir(args.keys)
+    server = keys.load_keypair(args.control_key, where)
+    clients = keys.allowed_clients(where)
+    if not clients:
+        raise RigctlError(f"--control: the allow-list {keys.allow_dir(where)} is empty; add a client's public "
+                          "key with `rigctl keys allow FILE.key`")
+    return ControlServer(args.control, server, clients, lease_s=args.control_lease_s)
 
 
 def register(sub) -> None:
@@ -68,6 +106,21 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--stream", metavar="ENDPOINT", help="publish trials and session results on a ZMQ PUB socket "
                                                        "(e.g. tcp://127.0.0.1:5600)")
+    p.add_argument("--stream-curve", action="store_true",
+                   help="require CURVE on the stream: only keys in the allow-list may subscribe (for a stream "
+                        "that leaves the machine)")
+    p.add_argument("--stream-spikes-hz", type=_argtypes.finite_float_in(0.1, 100.0),
+                   help="also publish the binary `spikes` topic, at most this many messages a second")
+    p.add_argument("--stream-raw-hz", type=_argtypes.finite_float_in(0.1, 100.0),
+                   help="also publish the binary `raw` topic: one chunk of int16 samples, at most this many a second")
+    p.add_argument("--control", nargs="?", const="tcp://127.0.0.1:*", metavar="ENDPOINT",
+                   help="open the CURVE-authenticated control endpoint (default tcp://127.0.0.1 on a free port; "
+                        "see docs/control.md)")
+    p.add_argument("--keys", metavar="DIR", help="key directory (default $RIGCTL_KEYS or ~/.config/rigctl/keys)")
+    p.add_argument("--control-key", default="rig", metavar="NAME",
+                   help="the rig's key pair in the key directory (default: rig)")
+    p.add_argument("--control-lease-s", type=_argtypes.finite_float_in(1.0, 86400.0), default=300.0,
+                   help="a controller loses control after this long without a command (default 300)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(func=_run)
