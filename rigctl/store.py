@@ -174,12 +174,12 @@ class SessionStore:
         self._raw_offset += len(data)
 
     def append_event(self, kind: str, **fields: Any) -> None:
-        line = json.dumps({"event": kind, **fields}, default=_json_default) + "\n"
+        line = json.dumps({"event": kind, **fields}, default=json_default) + "\n"
         self._files["events.jsonl"].write(line.encode())
 
     def append_model_session(self, model: str, session: int, phase: str, payload: dict) -> None:
         line = json.dumps({"model": model, "session": session, "phase": phase, **payload},
-                          default=_json_default) + "\n"
+                          default=json_default) + "\n"
         self._files["model_sessions.jsonl"].write(line.encode())
 
     def flush(self) -> None:
@@ -306,7 +306,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """numpy scalars and arrays as JSON values (for `json.dumps(default=...)`: events, the stream)."""
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):

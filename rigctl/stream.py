@@ -21,6 +21,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from rigctl.errors import RigctlError
 from rigctl.keys import KeyPair
+from rigctl.store import json_default
 
 SCHEMA_VERSION = 1
 ENDPOINT = re.compile(r"(tcp://[A-Za-z0-9.\-\[\]:*]+:(\d{1,5}|\*)|ipc://[^\s]{1,200})")
@@ -95,7 +96,7 @@ class Publisher:
     def _header(self, topic: str, payload: dict) -> bytes:
         self._seq += 1
         return json.dumps({"v": SCHEMA_VERSION, "topic": topic, "seq": self._seq, "t": round(time.time(), 6),
-                           **payload}, default=_json_default).encode()
+                           **payload}, default=json_default).encode()
 
     def _send(self, frames: list[bytes]) -> None:
         try:
@@ -210,13 +211,3 @@ def subscribe(address: str, topics: tuple[str, ...] = ("",), server_key: bytes |
               client: KeyPair | None = None) -> Subscription:
     """Subscribe to a run's stream, e.g. `for m in subscribe("tcp://127.0.0.1:5600"): print(m.topic, m.header)`."""
     return Subscription(address, topics, server_key, client)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
