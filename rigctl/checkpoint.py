@@ -73,6 +73,8 @@ class _Encoder:
         if isinstance(obj, tuple):
             return {"__t": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
         if isinstance(obj, list):
+            if _plain_numbers(obj):  # per-session histories: thousands of floats, as JSON numbers in one go
+                return obj
             return [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         if isinstance(obj, dict):
             return {"__d": [[self.encode(k, f"{where} key"), self.encode(v, f"{where}[{k!r}]")]
@@ -82,6 +84,11 @@ class _Encoder:
             return {"__o": name, "attrs": self.encode(dict(vars(obj)), f"{where}.{type(obj).__name__}")}
         raise StoreError(f"cannot checkpoint {where}: a {type(obj).__name__} is not plain data "
                          "(register its class with rigctl.checkpoint.checkpointable)")
+
+
+def _plain_numbers(items: list) -> bool:
+    """Only Python ints and finite floats (no bools, no numpy scalars): JSON keeps them exactly as they are."""
+    return all(type(v) is int or (type(v) is float and math.isfinite(v)) for v in items)
 
 
 def _decode(node: Any, arrays: dict[str, np.ndarray]) -> Any:
