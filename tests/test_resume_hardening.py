@@ -210,6 +210,28 @@ def test_small_arrays_are_inline_and_large_ones_archive_members_both_exact(tmp_p
     assert type(back["small"][4]) is np.complex64 and back["small"][0].flags.writeable
 
 
+def test_histories_are_stored_whole_and_come_back_exact(tmp_path):
+    from rigctl.checkpoint import read_checkpoint_file, write_checkpoint_file
+
+    rng = np.random.default_rng(1)
+    state = {"x": [rng.normal(size=(int(n), 2)) for n in rng.integers(0, 300, 12)],  # per-session arrays
+             "few": [np.arange(3), np.arange(4)], "mixed": [np.arange(3.0)] * 7 + [np.arange(3)],
+             "floats": rng.normal(size=40).tolist() + [1e-300, -0.0], "ints": list(range(-5, 30)) + [2**70],
+             "both": [1, 2.5] * 10, "nan": [float("nan")] * 20}
+    path = write_checkpoint_file(tmp_path, state)
+    with np.load(path, allow_pickle=False) as archive:
+        assert len(archive.files) == 2  # the tree and the twelve arrays of "x" as one flat member
+    back = read_checkpoint_file(tmp_path)
+    assert len(back["x"]) == 12 and all(a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+                                        for a, b in zip(state["x"], back["x"]))
+    assert all(b.flags.writeable and b.base is None for b in back["x"])
+    for key in ("few", "mixed"):
+        assert [a.dtype for a in back[key]] == [a.dtype for a in state[key]]
+    assert back["floats"] == state["floats"] and all(type(v) is float for v in back["floats"])
+    assert back["ints"] == state["ints"] and back["both"] == state["both"]
+    assert [type(v) for v in back["both"]] == [int, float] * 10 and all(v != v for v in back["nan"])
+
+
 def test_a_crafted_inline_array_cannot_ask_for_objects(tmp_path):
     from rigctl.checkpoint import read_checkpoint_file
 
