@@ -12,7 +12,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy.signal import butter, sosfilt, sosfilt_zi
 
 from pydantic import ValidationError, model_validator
 
@@ -116,6 +115,8 @@ class SignalPath:
         self.sample_rate_hz = float(sample_rate_hz)
         self.uV_per_bit = float(uV_per_bit)
         self.config = config
+        from scipy.signal import butter, sosfilt, sosfilt_zi  # here: an events rig imports the template, not scipy
+
         fs = self.sample_rate_hz
         ms = fs / 1000.0
         if config.high_hz > 0:
