@@ -79,12 +79,15 @@ class _Encoder:
             if _stackable(obj):  # a history of per-session arrays: one archive member, not one node each
                 flat = np.concatenate([a.ravel() for a in obj])
                 return {"__s": self.encode(flat, where), "shapes": [list(a.shape) for a in obj]}
-            if _plain_numbers(obj):  # per-session histories: thousands of numbers, handled in one go
-                if len(obj) >= 16 and all(type(v) is float for v in obj):  # binary: exact, and no repr per float
-                    return {"__l": base64.b64encode(np.asarray(obj, dtype="<f8").tobytes()).decode("ascii")}
+            kinds = set(map(type, obj))
+            if kinds == {float} and len(obj) >= 16:  # binary: exact (NaN too), and no repr per float
+                return {"__l": base64.b64encode(np.asarray(obj, dtype="<f8").tobytes()).decode("ascii")}
+            if kinds <= {int} or (kinds <= {int, float} and _all_finite(obj)):  # JSON numbers as they are
                 return obj
             return [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         if isinstance(obj, dict):
+            if set(map(type, obj)) <= {str}:  # the common case: a JSON object, keys as they are
+                return {"__m": {k: self.encode(v, f"{where}[{k!r}]") for k, v in obj.items()}}
             return {"__d": [[self.encode(k, f"{where} key"), self.encode(v, f"{where}[{k!r}]")]
                             for k, v in obj.items()]}
         name = f"{type(obj).__module__}.{type(obj).__qualname__}"
@@ -96,15 +99,18 @@ class _Encoder:
 
 def _stackable(items: list) -> bool:
     """Eight or more numpy arrays (not scalars) of one plain number dtype: stored as one flat array."""
-    if len(items) < 8 or not all(type(a) is np.ndarray for a in items):
+    if len(items) < 8 or set(map(type, items)) != {np.ndarray}:
         return False
     dtype = items[0].dtype
     return dtype.kind in _INLINE_KINDS and dtype.fields is None and all(a.dtype == dtype for a in items)
 
 
-def _plain_numbers(items: list) -> bool:
-    """Only Python ints and finite floats (no bools, no numpy scalars): JSON keeps them exactly as they are."""
-    return all(type(v) is int or (type(v) is float and math.isfinite(v)) for v in items)
+def _all_finite(numbers: list) -> bool:
+    """Whether every int and float is finite (an int beyond float range counts as not: encoded one by one)."""
+    try:
+        return all(map(math.isfinite, numbers))
+    except OverflowError:
+        return False
 
 
 def _decode(node: Any, arrays: dict[str, np.ndarray]) -> Any:
@@ -129,6 +135,8 @@ def _decode(node: Any, arrays: dict[str, np.ndarray]) -> Any:
         return np.frombuffer(base64.b64decode(node["__l"], validate=True), dtype="<f8").tolist()
     if "__t" in node:
         return tuple(_decode(v, arrays) for v in node["__t"])
+    if "__m" in node:
+        return {str(k): _decode(v, arrays) for k, v in node["__m"].items()}
     if "__d" in node:
         return {_hashable(_decode(k, arrays)): _decode(v, arrays) for k, v in node["__d"]}
     if "__f" in node:
