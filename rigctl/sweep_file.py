@@ -74,9 +74,13 @@ def load_sweep(path: str | Path) -> Sweep:
             raise SweepError(f"{doc.where('grid.' + key)}: grid '{key}' is empty; allowed: a non-empty list")
     base = path.resolve().parent
     defaults = {"protocol": _resolve(model.protocol, base), "rig": _resolve(model.rig, base)}
+    try:
+        expanded = expand(model.grid, model.points)
+    except SweepError as exc:
+        raise SweepError(f"{doc.where('points' if model.points else 'grid')}: {exc}") from None
     points = [Point(p.name, {k: _resolve(v, base) if k in ("protocol", "rig") and isinstance(v, str) else v
                              for k, v in p.params.items()})
-              for p in expand(model.grid, model.points)]
+              for p in expanded]
     for i, point in enumerate(points):
         _check_point(doc, point, defaults, model.set, i)
     keys = list(dict.fromkeys(k for p in points for k in p.params))

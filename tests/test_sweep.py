@@ -53,6 +53,7 @@ def test_points_are_the_grid_times_the_list_with_readable_unique_names():
     (TINY + "grid: {no_such_field: [1]}\n", "unknown field 'no_such_field'"),
     (TINY + "retries: 99\n", ":3: field 'retries' has value 99"),
     ("protocol: isomura2023_bss\nset: {sessions: 0}\n", "'sessions' has value 0; allowed: 1 to 100000"),
+    (TINY + "grid: {seed: [1, 1]}\n", ":3: points {'seed': 1} and {'seed': 1} get the same run directory name"),
 ])
 def test_bad_sweep_files_are_one_located_line(tmp_path, text, expected):
     path = _write(tmp_path, "bad.yaml", text)
