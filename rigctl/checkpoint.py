@@ -11,7 +11,8 @@ Small arrays of plain numbers (at most INLINE_BYTES) go into the JSON tree as ba
 holds thousands of them mid-run, and one archive member each made a checkpoint cost ~0.4 s. Lists of plain
 numbers (the models' per-session histories, which grow with the run) are taken whole: as JSON numbers, or,
 for 16 floats or more, as float64 bytes; lists of 8 or more arrays of one dtype as one flat array and their
-shapes (a checkpoint at session 100 then costs about what a pickle did).
+shapes. A checkpoint at session 100 then encodes in ~6 ms of Python; a pickle took ~4 ms in C (a 100-session
+main job writes 400 checkpoints, which is most of what it is slower than with pickle).
 
 Format version 3 (small arrays inline); version 2 (every array an archive member) is still read. Version 1
 was the pickle file `checkpoint.pkl`, which is no longer read.

@@ -252,8 +252,7 @@ def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher,
             runner.continue_from(stored_trial_records(run_dir))
             # the rate limit spans the crash: every pulse before the first trial that is sent again
             nxt = runner.next_to_schedule
-            redo = (plan.trial(nxt, 0).sample + runner.shift.offset(nxt)
-                    if plan.open_loop and nxt < plan.n_trials else None)
+            redo = runner.shift.apply(plan.trial(nxt, 0)).sample if plan.open_loop and nxt < plan.n_trials else None
             guarded.rates.last_sample = last_pulse_per_electrode(run_dir, before_sample=redo)
         _check_plan(plan, guarded, rig, first_trial=runner.next_to_schedule, shift=runner.shift)
         if runner.paused_since is not None:  # stopped while paused: a resumed run ends its pause at once
@@ -268,7 +267,7 @@ def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher,
 
 
 def plan_shift_from_events(events: list[dict]) -> PlanShift:
-    """The pauses' plan shift as the `resume` events of a run recorded it (hardware resume: no checkpoint)."""
+    """The pauses' plan shift as the `pause_end` events of a run recorded it (hardware resume: no checkpoint)."""
     shift = PlanShift()
     for e in events:
         if e.get("event") == "pause_end":

@@ -66,10 +66,14 @@ class Point:
             args += ["--seed", str(values["seed"])]
         if values.get("drug") is not None:
             args += ["--drug", str(values["drug"])]
-        sets = {**common_set, **{k: v for k, v in self.params.items() if k not in RUN_KEYS}}
-        for key, value in sets.items():
-            args += ["--set", f"{key}={_yaml_scalar(value)}"]
+        for setting in self.overrides(common_set):
+            args += ["--set", setting]
         return args
+
+    def overrides(self, common_set: dict[str, Any]) -> tuple[str, ...]:
+        """The point's protocol fields as `--set FIELD=VALUE` strings (the sweep's `set`, then its own)."""
+        sets = {**common_set, **{k: v for k, v in self.params.items() if k not in RUN_KEYS}}
+        return tuple(f"{key}={_yaml_scalar(value)}" for key, value in sets.items())
 
 
 def _yaml_scalar(value: Any) -> str:

@@ -100,9 +100,7 @@ def _check_point(doc: LocatedDoc, point: Point, defaults: dict[str, Any], common
         raise SweepError(f"{where}: point '{point.name}': drug {show(drug)}; allowed: {', '.join(DRUGS)}")
     if not isinstance(params["protocol"], str) or not isinstance(params["rig"], str):
         raise SweepError(f"{where}: point '{point.name}': protocol and rig are names or paths (strings)")
-    args = point.run_args(defaults, common_set)
-    overrides = tuple(args[i + 1] for i, a in enumerate(args) if a == "--set")
     try:
-        load_protocol(params["protocol"], overrides)
+        load_protocol(params["protocol"], point.overrides(common_set))
     except RigctlError as exc:
         raise SweepError(f"{where}: point '{point.name}' (#{index + 1}): {exc}") from None
