@@ -154,7 +154,10 @@ class Protocol(ABC):
         """Trial `index`, or None while it is not decided yet (it waits for an earlier response)."""
 
     def on_response(self, record: TrialRecord) -> None:
-        """A trial's response window is complete (closed-loop protocols decide on it). Default: nothing."""
+        """A trial's response window is complete (closed-loop protocols decide on it). Default: nothing.
+
+        Called before the record is stored: a protocol may set declared fields it decides from the response
+        (a task's action) in `record.fields`, and they are stored with the trial."""
 
     @property
     def open_loop(self) -> bool:

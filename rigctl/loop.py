@@ -379,8 +379,8 @@ class ProtocolRunner:
 
     def _finish_trial(self, t: OpenTrial, progress: Progress) -> None:
         record = t.record()
+        self.protocol.on_response(record)  # first: a closed-loop protocol may fill the fields it decides here
         self.store.append_trial(record)
-        self.protocol.on_response(record)
         for m in self.models:
             m.update(record)
         self._session_counts.append(record.counts)
