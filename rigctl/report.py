@@ -234,6 +234,14 @@ def _kind_report(info: RunInfo, kind: str) -> tuple[dict[str, Any], Callable[[di
         summary["spontaneous"] = spontaneous_summary(info, protocol)
         fs = float(meta["sample_rate_hz"])
         return summary, lambda s, out: plot_spontaneous(s, run_dir / "spikes.bin", fs, out, title)
+    if kind == "maze":
+        from rigctl.report_task import maze_summary, plot_maze
+
+        summary["task"] = maze_summary(info, protocol)
+        if meta.get("rig_description", {}).get("mode") == "agent":
+            summary["sessions_planned"] = summary["task"].get("episodes")
+            summary["mean_evoked_per_trial"] = None
+        return summary, lambda s, out: plot_maze(s, info, protocol, out, title)
     return summary, lambda s, out: []  # a lab's Python protocol: its trials are in trials.bin (export trials)
 
 

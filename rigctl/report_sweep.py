@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from rigctl.errors import StoreError
-from rigctl.sweep import FIGURE_COLUMNS, RESULTS_FILE, SWEEP_FILE
+from rigctl.sweep import FIGURE_COLUMNS, POINTS_DIR, RESULTS_FILE, SWEEP_FILE
+
+BLOCK = 10  # episodes per block of the learning curves (the CB22 paper's)
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -54,11 +56,71 @@ def sweep_summary(sweep_dir: Path) -> dict[str, Any]:
                 value = _number(row.get(column, ""))
                 if value is not None:
                     entry["values"][column].append(value)
+        if row["status"] == "complete":
+            entry.setdefault("runs", []).append(Path(sweep_dir) / POINTS_DIR / row["point"])
     for entry in conditions.values():
         values = entry.pop("values")
         entry["figures"] = {c: _stats(v) for c, v in values.items() if v}
+        pooled = pooled_episodes(entry.pop("runs", []))
+        if pooled:
+            entry["episodes_pooled"] = pooled
     return {"sweep_dir": str(sweep_dir), "parameters": params, "conditions": conditions,
             "error_bars": "sample standard deviation over the condition's completed seeds"}
+
+
+def pooled_episodes(run_dirs: list[Path]) -> dict[str, Any] | None:
+    """A maze condition's episodes pooled over its runs, as the CB22 paper counts them: success = the share of
+    (agent, episode) pairs in a block that reached the goal; median steps over those pairs."""
+    import numpy as np
+
+    steps, reached = [], []
+    for run_dir in run_dirs:
+        try:
+            task = json.loads((run_dir / "summary.json").read_text()).get("task") or {}
+        except (OSError, ValueError):
+            continue
+        if task.get("task") == "maze" and task.get("steps"):
+            steps.append(task["steps"])
+            reached.append(task["reached"])
+    if not steps:
+        return None
+    n = min(len(s) for s in steps)  # runs of one condition have as many episodes (MEA: cut to the shortest)
+    s = np.array([x[:n] for x in steps], dtype=np.float64)
+    r = np.array([x[:n] for x in reached], dtype=np.float64)
+    blocks = range(0, n, BLOCK)
+    last = slice(max(0, n - BLOCK), n)
+    return {"runs": len(steps), "episodes_per_run": n,
+            "success_first10": round(float(r[:, :BLOCK].mean()), 4), "success_last10": round(float(r[:, last].mean()), 4),
+            "median_steps_first10": float(np.median(s[:, :BLOCK])), "median_steps_last10": float(np.median(s[:, last])),
+            "success_per_block": [round(float(r[:, i:i + BLOCK].mean()), 4) for i in blocks],
+            "median_steps_per_block": [float(np.median(s[:, i:i + BLOCK])) for i in blocks]}
+
+
+def plot_pooled(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Learning curves of the maze conditions (success and median steps per block of 10 episodes)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pooled = {label: e["episodes_pooled"] for label, e in summary["conditions"].items() if "episodes_pooled" in e}
+    if not pooled:
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for label, p in pooled.items():
+        x = [BLOCK * i + BLOCK / 2 for i in range(len(p["success_per_block"]))]
+        axes[0].plot(x, p["success_per_block"], "o-", label=f"{label} (n={p['runs']})")
+        axes[1].plot(x, p["median_steps_per_block"], "o-", label=label)
+    axes[0].set(xlabel="episode", ylabel=f"success per block of {BLOCK}", ylim=(0, 1), title="goal reached")
+    axes[1].set(xlabel="episode", ylabel="median steps", title="steps per episode")
+    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"sweep {Path(summary['sweep_dir']).name}: episodes pooled over seeds")
+    fig.tight_layout()
+    path = Path(out_dir) / "sweep_episodes.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -107,7 +169,7 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     summary = sweep_summary(sweep_dir)
     path = sweep_dir / "sweep_summary.json"
     try:
-        summary["plots"] = [p.name for p in plot_sweep(summary, sweep_dir)]
+        summary["plots"] = [p.name for p in plot_sweep(summary, sweep_dir) + plot_pooled(summary, sweep_dir)]
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
         os.replace(tmp, path)

@@ -17,19 +17,23 @@ from rigctl.errors import RigctlError
 from rigctl.safety import SafetyLimits
 
 SIM_RIGS = {"sim": "voltage", "sim-events": "events"}
+AGENT_RIGS = ("canonical",)
+RIG_CHOICES = "sim, sim-events, canonical (the CB22 agent, for kind: maze), or a rig file (rigs/<name>.yaml)"
 
 
 @dataclass
 class Rig:
     """An amplifier, a stimulator, the rig's safety limits, and (simulated rigs) a checkpointable state."""
 
-    amplifier: Amplifier
-    stimulator: Stimulator
+    amplifier: Amplifier | None  # None: an agent rig (make_agent)
+    stimulator: Stimulator | None
     limits: SafetyLimits
     description: dict[str, Any]
     state: Any = None  # has get_state/set_state when the whole rig can be checkpointed and restored
     closers: list = field(default_factory=list)
     emulators: list = field(default_factory=list)  # emulated devices behind a rig file (tests inspect them)
+    # an agent rig (no MEA): make_agent(seed, parameters) -> rigctl.tasks.agent.EpisodeAgent
+    make_agent: Callable[..., Any] | None = None
 
     def close(self) -> None:
         for close in self.closers:
@@ -47,7 +51,13 @@ def open_rig(spec: str | Path, *, seed: int, drug: str = "none", realtime: bool 
     `backend_factory(sample_rate_hz=, seed=, mode=, drug=, chunk_ms=, realtime=)` makes the simulated rig
     (`sim`, `sim-events`) or the culture behind a rig file's emulated devices; default
     `rigctl.rigfile.sim_backend` (SimRig). `sample_rate_hz` is the simulated rig's (a rig file names its own).
+    `canonical` is an agent rig: no amplifier or stimulator, an agent that plays a task's episodes.
     """
+    if isinstance(spec, str) and spec in AGENT_RIGS:
+        from rigctl.sim.canonical_rig import DESCRIPTION, make_canonical_agent
+
+        desc = {"kind": spec, "mode": "agent", "agent": DESCRIPTION, "seed": seed}
+        return Rig(None, None, SafetyLimits(), desc, make_agent=make_canonical_agent)
     if isinstance(spec, str) and spec in SIM_RIGS:
         factory = backend_factory or rigfile.sim_backend
         rig = factory(sample_rate_hz=sample_rate_hz, seed=seed, mode=SIM_RIGS[spec], drug=drug,
@@ -63,4 +73,4 @@ def open_rig(spec: str | Path, *, seed: int, drug: str = "none", realtime: bool 
                                        backend_factory=backend_factory)
         return Rig(parts.amplifier, parts.stimulator, parts.limits, parts.description, state=None,
                    closers=parts.closers, emulators=parts.emulators)
-    raise RigctlError(f"--rig {spec!r}: allowed: sim, sim-events, or a rig file (rigs/<name>.yaml)")
+    raise RigctlError(f"--rig {spec!r}: allowed: {RIG_CHOICES}")

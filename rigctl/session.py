@@ -18,11 +18,13 @@ from rigctl.engine import Protocol, ProtocolConfig
 from rigctl.loop import LoopConfig, LoopStats, ProtocolRunner
 from rigctl.online import SelectivityTracker
 from rigctl.protocol import load_protocol, name_problem
-from rigctl.rigs import Rig, open_rig
+from rigctl.agent_loop import AgentRunner
+from rigctl.rigs import RIG_CHOICES, Rig, open_rig
 from rigctl.safety import GuardedStimulator
 from rigctl.steering import PlanShift, RunAborted, Steering
 from rigctl.store import (RunLock, SessionStore, check_new_run_dir, load_run_meta, read_jsonl, read_stims,
                           read_trials)
+from rigctl.tasks.agent import AgentTask
 from rigctl.types import TrialRecord
 
 
@@ -167,31 +169,18 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
     rig = rig_factory(options.rig, seed=seed, drug=protocol.drug, realtime=options.realtime,
                       chunk_ms=options.chunk_ms)
     try:
+        if rig.make_agent is not None:
+            _start_agent_run(protocol, seed, rig, out, options)
+            return out
         plan, guarded = _guard(protocol, seed, rig)
         _check_plan(plan, guarded, rig)
-        signal_config = _signal_factory(rig)[1]
         meta = {
-            "rigctl_version": rigctl.__version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv),
-            "protocol": protocol.name,
-            "protocol_source": protocol.source_file,
-            "seed": seed,
-            "rig": options.rig,
-            "rig_description": rig.description,
-            "drug": protocol.drug,
-            "sessions": protocol.sessions,
-            "realtime": options.realtime,
-            "chunk_ms": options.chunk_ms,
-            "signal_config": signal_config,
-            "safety_limits": rig.limits.to_dict(),
-            "protocol_kind": protocol.kind,
+            **_run_meta(protocol, seed, options, rig),
+            "signal_config": _signal_factory(rig)[1],
             "shapes": _shapes(plan, rig.amplifier.n_channels),
             "trial_fields": [f.to_json() for f in plan.trial_fields],
             "sample_rate_hz": rig.amplifier.sample_rate_hz,
             "uV_per_bit": rig.amplifier.uV_per_bit,  # the scale of raw.bin (exporters: volts)
-            "platform": {"python": platform.python_version(), "numpy": np.__version__},
-            "status": "running",
         }
         store = SessionStore.create(out, meta, {"protocol.yaml": protocol.to_yaml()})
         store.append_event("run_start", seed=seed)
@@ -200,6 +189,83 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
     finally:
         rig.close()
     return out
+
+
+def _run_meta(protocol: ProtocolConfig, seed: int, options: RunOptions, rig: Rig) -> dict[str, Any]:
+    """The run.json fields every run has, whatever plays it."""
+    return {
+        "rigctl_version": rigctl.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "protocol": protocol.name,
+        "protocol_source": protocol.source_file,
+        "seed": seed,
+        "rig": options.rig,
+        "rig_description": rig.description,
+        "drug": protocol.drug,
+        "sessions": protocol.sessions,
+        "realtime": options.realtime,
+        "chunk_ms": options.chunk_ms,
+        "safety_limits": rig.limits.to_dict(),
+        "protocol_kind": protocol.kind,
+        "platform": {"python": platform.python_version(), "numpy": np.__version__},
+        "status": "running",
+    }
+
+
+# ---- agent rigs (rigctl.tasks.agent): a model plays whole episodes, no MEA -------------------------------------
+
+def _agent_task(protocol: ProtocolConfig, seed: int, rig_name: str) -> AgentTask:
+    make = getattr(protocol, "agent_task", None)
+    if make is None:
+        raise RigctlError(f"--rig {rig_name}: an agent rig plays tasks with episodes (kind: maze); "
+                          f"{protocol.source_file or protocol.name} is kind {protocol.kind}, which needs an MEA rig "
+                          f"(allowed: {RIG_CHOICES})")
+    return make(seed)
+
+
+def _start_agent_run(protocol: ProtocolConfig, seed: int, rig: Rig, out: Path, options: RunOptions) -> None:
+    task = _agent_task(protocol, seed, options.rig)
+    agent = rig.make_agent(seed, task.agent_parameters())
+    meta = {**_run_meta(protocol, seed, options, rig), "signal_config": None, "shapes": {"n_electrodes": 0},
+            "trial_fields": [f.to_json() for f in task.trial_fields], "episodes": task.episodes,
+            "sample_rate_hz": 1.0, "uV_per_bit": None}  # an agent run's clock: one sample per step
+    store = SessionStore.create(out, meta, {"protocol.yaml": protocol.to_yaml()})
+    store.append_event("run_start", seed=seed)
+    _execute_agent(AgentRunner(task, agent, store, options.progress), store)
+
+
+def _resume_agent_run(run_dir: Path, lock: RunLock, protocol: ProtocolConfig, seed: int, rig: Rig,
+                      options: RunOptions) -> None:
+    task = _agent_task(protocol, seed, options.rig)
+    store = SessionStore.open_existing(run_dir, lock)
+    runner = AgentRunner(task, rig.make_agent(seed, task.agent_parameters()), store, options.progress)
+    checkpoint = store.read_checkpoint()
+    store.truncate_to(checkpoint["lengths"] if checkpoint is not None else {})
+    if checkpoint is not None:
+        runner.set_state(checkpoint["state"])
+    else:
+        store.append_event("run_start", seed=seed)  # killed before the first episode ended: from the start
+    store.append_event("resume", episodes_done=runner.n_done)
+    store.update_meta(status="running")
+    _execute_agent(runner, store)
+
+
+def _execute_agent(runner: AgentRunner, store: SessionStore) -> None:
+    _sigterm_as_interrupt()
+    try:
+        wall_s = runner.run()
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        store.update_meta(status="interrupted" if interrupted else "failed", error=f"{type(exc).__name__}: {exc}",
+                          episodes_done=runner.n_done)
+        store.close()
+        raise
+    store.append_event("run_end", episodes_done=runner.n_done)
+    store.sync()
+    store.update_meta(status="complete", episodes_done=runner.n_done, trials_done=runner.next_sample,
+                      loop_stats={"wall_s": wall_s})
+    store.close()
 
 
 def _shapes(protocol: Protocol, n_electrodes: int) -> dict[str, int]:
@@ -236,6 +302,9 @@ def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher,
     rig = rig_factory(meta["rig"], seed=seed, drug=protocol.drug, realtime=options.realtime,
                       chunk_ms=options.chunk_ms)
     try:
+        if rig.make_agent is not None:
+            _resume_agent_run(run_dir, lock, protocol, seed, rig, options)
+            return run_dir
         store = SessionStore.open_existing(run_dir, lock)
         plan, guarded = _guard(protocol, seed, rig)
         runner = _make_runner(plan, guarded, rig, store, options, publisher, control)

@@ -146,6 +146,13 @@ class SessionStore:
         rec["counts"][0] = trial.counts
         self._files["trials.bin"].write(rec.tobytes())
 
+    def append_trial_array(self, records: np.ndarray) -> None:
+        """Many trial records at once (an agent rig's episode), already of the run's trial dtype."""
+        if records.dtype != self._trial_dtype:
+            raise StoreError(f"{self.path}: trial records of dtype {records.dtype} do not match the run's "
+                             f"{self._trial_dtype}")
+        self._files["trials.bin"].write(records.tobytes())
+
     def append_spikes(self, spikes: SpikeEvents) -> None:
         if len(spikes) == 0:
             return

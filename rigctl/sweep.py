@@ -202,10 +202,15 @@ def point_figures(run_dir: Path) -> dict[str, Any]:
     err = [x for x in online.get("err_x") or [] if isinstance(x, (int, float)) and math.isfinite(x)]
     if err:
         figures["err_x_last10"] = round(sum(err[-10:]) / len(err[-10:]), 5)
+    task = summary.get("task") or {}
+    figures.update({k: task[k] for k in TASK_FIGURES if k in task})
     return figures
 
 
-FIGURE_COLUMNS = ("trials", "mean_evoked_per_trial", "separation_last10", "L_first", "L_last", "err_x_last10")
+TASK_FIGURES = ("episodes", "success_first10", "success_last10", "median_steps_first10", "median_steps_last10",
+                "hits_per_rally_first5min", "hits_per_rally_rest", "ace_fraction_first5min", "ace_fraction_rest")
+FIGURE_COLUMNS = ("trials", "mean_evoked_per_trial", "separation_last10", "L_first", "L_last", "err_x_last10",
+                  *TASK_FIGURES)
 
 
 @dataclass

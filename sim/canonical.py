@@ -167,7 +167,15 @@ class EpisodeBuffers:
             x_traj=np.zeros((config.max_steps, ns)), obs_traj=np.zeros((config.max_steps, no), np.uint8),
             chunk_m1=np.zeros((nd, ns)), chunk_m0=np.zeros((nd, ns)), chunk_s1=np.zeros(ns), chunk_s0=np.zeros(ns),
             qc_next=qc.copy(), gammas=np.zeros(n_chunks), decision_counts=np.zeros(nd, np.int64),
-            trace=np.zeros((config.max_steps if trace else 0, 2), np.int64))
+            trace=_trace_buffer(config.max_steps if trace else 0, start))
+
+
+def _trace_buffer(rows: int, start: tuple[int, int]) -> np.ndarray:
+    """[rows, 3] (row, col, move decided) per step; step 1 is the start, where nothing is decided (-1)."""
+    trace = np.zeros((rows, 3), np.int64)
+    if rows:
+        trace[0] = (start[0], start[1], -1)
+    return trace
 
 
 @dataclass
@@ -179,7 +187,7 @@ class EpisodeResult:
     reached: bool
     gammas: np.ndarray  # Γ per 200-step chunk
     decision_counts: np.ndarray  # [Nd] decisions at steps 3..steps (the authors' Eest numerator)
-    trace: np.ndarray  # [steps, 2] (row, col) per step if traced, else empty
+    trace: np.ndarray  # [steps, 3] (row, col, move decided; -1 at step 1) per step if traced, else empty
 
 
 @dataclass

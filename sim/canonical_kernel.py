@@ -93,7 +93,8 @@ def run_steps(maze, goal_row, goal_col, w_t, k_t, v_t, h, h_first, m, m_first,
     Shapes: w_t [No, Ns] (Wᵀ), k_t [Ns, Ns] (Kᵀ), v_t [Ns, Nd] (Vᵀ), h/h_first [Ns], m/m_first [Nd];
     x_traj [max_steps, Ns] and obs_traj [max_steps, No] receive x_t and o_t at row t − 1 (the Hebbian products
     for W and K are taken from them at the episode's end, one matrix product instead of a rank-1 update per
-    step); trace [max_steps, 2] receives (row, col) per step if it has rows, else nothing is traced.
+    step); trace [max_steps, 3] receives (row, col, first move decided) per step if it has rows, else nothing
+    is traced (row 0, step 1, is the caller's: the start and no move).
     """
     n_obs, n_state = w_t.shape
     n_dec = v_t.shape[1]
@@ -172,6 +173,8 @@ def run_steps(maze, goal_row, goal_col, w_t, k_t, v_t, h, h_first, m, m_first,
             decision_counts[decision] += 1
         fst[F_G_PREV] = g
         action = decision // per_move
+        if tracing:
+            trace[t - 1, 2] = action
         for j in range(n_state):
             x_prev[j] = x_new[j]
             xbar_prev[j] = 1.0 - x_new[j]

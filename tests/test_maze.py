@@ -262,11 +262,10 @@ def test_trace_agrees_with_the_step_api_environment():
     result = agent.run_episode(generate_maze(maze_seed), trace=True)
     env = MazeEnv(maze_seed)
     env.reset()
-    for (r0, c0), (r1, c1) in zip(result.trace[1:-1], result.trace[2:]):
+    for (r0, c0, a0), (r1, c1, _) in zip(result.trace[1:-1], result.trace[2:]):
         assert (env.row, env.col) == (r0, c0)
-        moved = [a for a in range(4) if move_cell(env.maze, r0, c0, a) == (r1, c1)]
-        assert moved
-        env.step(moved[0])
+        assert move_cell(env.maze, r0, c0, a0) == (r1, c1)  # the move decided at a step is made at the next
+        env.step(a0)
 
 
 def test_v_update_sign_follows_one_minus_two_gamma_and_floors_at_one():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rigctl.errors import RigctlError
 from rigctl.export import write_trials_csv
 
 
@@ -41,6 +42,36 @@ def _export_nwb(args: argparse.Namespace) -> int:
     return 1 if severe(findings) else 0
 
 
+def _export_episodes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rigctl.export import load_run_info
+    from rigctl.tasks.episodes import write_episodes_csv
+    from rigctl.tasks.run_episodes import maze_episode_rows
+
+    run_dir = Path(args.run_dir)
+    info = load_run_info(run_dir)
+    kind = info.meta.get("protocol_kind", "bss")
+    if kind == "maze":
+        rows = maze_episode_rows(run_dir)
+    elif kind == "pong":
+        from rigctl.tasks.pong import pong_episode_rows_of_run
+        rows = pong_episode_rows_of_run(run_dir)
+    else:
+        raise RigctlError(f"{run_dir}: a {kind} run has no episodes; allowed: a run of a task protocol "
+                          "(kind: maze or pong)")
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        n = write_episodes_csv(out, rows)
+    except OSError as exc:
+        raise RigctlError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"{n} episodes", file=sys.stderr)
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a run's data", description="Export a run's data.")
     what = p.add_subparsers(dest="what", metavar="WHAT")
@@ -63,3 +94,12 @@ def register(sub) -> None:
     n.add_argument("--inspect", action="store_true", help="run nwbinspector on the file; exit 1 on a critical "
                                                           "or error finding")
     n.set_defaults(func=_export_nwb)
+    e = what.add_parser("episodes", help="one CSV row per episode of a task run (maze, pong)",
+                        description="Write one CSV row per episode of a task run. Maze: episode,steps,reached "
+                                    "(0/1) and the moves made (up,down,left,right); on an MEA also complete (0: cut "
+                                    "short by the run's end), start_s, end_s. Agent runs count steps as the CB22 "
+                                    "paper (its `time`: the episode's last step). Pong: episode,hits (a rally per "
+                                    "episode), ace, start_s, end_s.")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `rigctl run`")
+    e.add_argument("-o", "--output", metavar="FILE.csv", help="write here instead of stdout")
+    e.set_defaults(func=_export_episodes)

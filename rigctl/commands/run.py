@@ -95,7 +95,8 @@ def register(sub) -> None:
     add_set_argument(p)
     p.add_argument("--rig", default="sim-events",
                    help="sim (voltage through the whole signal path), sim-events (the network's spike events, "
-                        "fast), or a rig file rigs/<name>.yaml (default: sim-events)")
+                        "fast), canonical (the CB22 canonical network as an agent, for kind: maze protocols), "
+                        "or a rig file rigs/<name>.yaml (default: sim-events)")
     p.add_argument("--sessions", type=_argtypes.int_in(1, 100000), help="run only the first N sessions")
     p.add_argument("--seed", type=_argtypes.seed,
                    help="seed of the schedule and the simulated culture (default: the protocol's)")

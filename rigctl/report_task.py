@@ -1,0 +1,106 @@
+"""The report of a maze run: learning curve, action frequencies and the trajectories of the first and last episode.
+
+Figures follow the CB22 paper: success = the goal reached within the step cap; the first and the last block of
+10 episodes; median steps over a block's episodes (an episode that hit the cap counts as the cap). On an MEA an
+episode cut short by the run's end is left out (`complete = 0` in `rigctl export episodes`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rigctl.store import RunInfo, read_records
+from rigctl.tasks.episodes import EpisodeRow
+from rigctl.tasks.maze import generate_maze
+from rigctl.tasks.run_episodes import MOVE_NAMES, maze_episode_rows
+
+BLOCK = 10
+MOVING_AVERAGE = 10
+
+
+def block_figures(rows: list[EpisodeRow], block: int = BLOCK) -> dict[str, Any]:
+    """Success rate and median steps of the first and the last `block` episodes, and per block."""
+    steps = np.array([r.steps for r in rows], dtype=np.float64)
+    reached = np.array([r.reached for r in rows], dtype=np.float64)
+    out: dict[str, Any] = {"episodes": len(rows)}
+    if not len(rows):
+        return out
+    first, last = slice(0, block), slice(max(0, len(rows) - block), len(rows))
+    out.update(success_first10=round(float(reached[first].mean()), 4), success_last10=round(float(reached[last].mean()), 4),
+               median_steps_first10=float(np.median(steps[first])), median_steps_last10=float(np.median(steps[last])),
+               success_per_block=[round(float(reached[i:i + block].mean()), 4) for i in range(0, len(rows), block)],
+               median_steps_per_block=[float(np.median(steps[i:i + block])) for i in range(0, len(rows), block)])
+    return out
+
+
+def moving_average(values: np.ndarray, width: int = MOVING_AVERAGE) -> list[float]:
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return []
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    return [round(float((c[i + 1] - c[max(0, i + 1 - width)]) / min(width, i + 1)), 3) for i in range(len(v))]
+
+
+def maze_summary(info: RunInfo, protocol: dict[str, Any]) -> dict[str, Any]:
+    """The `task` block of summary.json for a maze run."""
+    rows = maze_episode_rows(info.path)
+    counted = [r for r in rows if int(r.extra.get("complete", 1))]
+    moves = np.array([[int(r.extra.get(m, 0)) for m in MOVE_NAMES] for r in counted], dtype=np.int64).reshape(-1, 4)
+    totals = moves.sum(axis=0)
+    return {
+        "task": "maze", "player": "agent" if "complete" not in (rows[0].extra if rows else {}) else "culture",
+        "decision_prior_right": protocol.get("decision_prior_right"), "max_steps": protocol.get("max_steps"),
+        "decoder": (protocol.get("mea") or {}).get("decoder"),
+        "episodes_cut_short": len(rows) - len(counted),
+        **block_figures(counted),
+        "steps": [r.steps for r in counted], "reached": [int(r.reached) for r in counted],
+        "steps_moving_average": moving_average(np.array([r.steps for r in counted])),
+        "move_share": {m: round(float(t / max(1, totals.sum())), 4) for m, t in zip(MOVE_NAMES, totals)},
+    }
+
+
+def _trajectory(info: RunInfo, episode: int) -> np.ndarray | None:
+    trials = read_records(info.path / "trials.bin", info.trial_dtype)
+    mine = trials[(trials["episode"] == episode) & (trials["phase"] == 0)]
+    return None if not len(mine) else np.stack([mine["row"], mine["col"]], axis=1)
+
+
+def plot_maze(summary: dict[str, Any], info: RunInfo, protocol: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = summary["task"]
+    steps = np.array(task["steps"])
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), gridspec_kw={"width_ratios": [1.3, 1, 1.6]})
+    ax = axes[0]
+    episodes = np.arange(1, len(steps) + 1)
+    reached = np.array(task["reached"], dtype=bool)
+    ax.plot(episodes[reached], steps[reached], "o", ms=3, color="tab:blue", label="goal reached")
+    ax.plot(episodes[~reached], steps[~reached], "x", ms=4, color="tab:red", label="step cap")
+    ax.plot(episodes, task["steps_moving_average"], "k-", label=f"moving average ({MOVING_AVERAGE})")
+    ax.set(xlabel="episode", ylabel="steps", title=f"learning curve: success {task.get('success_first10', 0):.2f} -> "
+                                                   f"{task.get('success_last10', 0):.2f} (first/last {BLOCK})")
+    ax.legend(fontsize=8)
+    share = task["move_share"]
+    axes[1].bar(list(share), list(share.values()), color="tab:gray")
+    axes[1].set(ylabel="share of moves", title="action frequencies")
+    maze = generate_maze(int(summary["seed"]), int(protocol["maze_rows"]), int(protocol["maze_cols"]))
+    axes[2].imshow(maze, cmap="Greys", interpolation="nearest")
+    n = len(steps)
+    for episode, color in ((1, "tab:orange"), (n, "tab:green")):
+        path = _trajectory(info, episode) if n else None
+        if path is not None:
+            axes[2].plot(path[:, 1], path[:, 0], "-", color=color, lw=0.8, alpha=0.8, label=f"episode {episode}")
+    axes[2].set(title="trajectories (first and last episode)", xticks=[], yticks=[])
+    if n:
+        axes[2].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = out_dir / "maze.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
