@@ -92,7 +92,7 @@ class MazeFile(ProtocolFile):
     """`kind: maze` (defaults: the paper's maze and schedule)."""
 
     kind: Literal["maze"] = KIND
-    maze_rows: int = _odd(N_ROWS, 5, 999, "rows of the maze grid")
+    maze_rows: int = spec(N_ROWS, ge=7, le=999, about="rows of the maze grid: 4k + 3 (walls and cells alternate)")
     maze_cols: int = _odd(N_COLS, 5, 9999, "columns of the maze grid")
     view_size: int = spec(VIEW_SIZE, ge=3, le=99, about="side of the agent's square view (odd)")
     episodes: int = spec(N_EPISODES, ge=1, le=100000, about="episodes an agent plays")
@@ -104,8 +104,11 @@ class MazeFile(ProtocolFile):
     mea: MeaFile | None = None
 
     @model_validator(mode="after")
-    def _odd(self) -> "MazeFile":
-        for name in ("maze_rows", "maze_cols", "view_size"):
+    def _shape(self) -> "MazeFile":
+        if self.maze_rows % 4 != 3:
+            raise refusal("7, 11, 15, 19, ... (4k + 3: the middle row, where start and goal lie, is a row of cells)",
+                          field="maze_rows", value=self.maze_rows)
+        for name in ("maze_cols", "view_size"):
             if getattr(self, name) % 2 == 0:
                 raise refusal("an odd number", field=name, value=getattr(self, name))
         return self

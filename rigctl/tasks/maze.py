@@ -47,8 +47,9 @@ def generate_maze(seed: int, n_rows: int = N_ROWS, n_cols: int = N_COLS) -> np.n
     while the drawn slot is already closed. Each pillar may fall in any of the 4 directions (the classic
     stick-falling maze forbids "up" below the first row), so a region can be sealed off; `is_solvable` tells.
     """
-    if n_rows % 2 == 0 or n_cols % 2 == 0 or n_rows < 5 or n_cols < 5:
-        raise ValueError(f"maze sides must be odd and >= 5, got {n_rows} x {n_cols}")
+    problem = shape_problem(n_rows, n_cols)
+    if problem:
+        raise ValueError(problem)
     rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     maze = np.zeros((n_rows, n_cols), dtype=np.uint8)
     maze[[0, -1], :] = 1
@@ -64,6 +65,15 @@ def generate_maze(seed: int, n_rows: int = N_ROWS, n_cols: int = N_COLS) -> np.n
                     maze[row + d_row, col + d_col] = 1
                     break
     return maze
+
+
+def shape_problem(n_rows: int, n_cols: int) -> str | None:
+    """Why a maze of this shape cannot be played, or None. Cells lie on odd rows and columns (walls and pillars
+    between them), and the start and the goal are on the middle row, which must be a row of cells."""
+    if n_rows < 7 or n_cols < 5 or n_rows % 4 != 3 or n_cols % 2 == 0:
+        return (f"a maze of {n_rows} x {n_cols} cannot be played; allowed: rows 7, 11, 15, 19, ... (4k + 3: the "
+                f"middle row, where start and goal lie, is a row of cells) and an odd number of columns >= 5")
+    return None
 
 
 def start_cell(n_rows: int = N_ROWS, n_cols: int = N_COLS) -> tuple[int, int]:
