@@ -16,6 +16,11 @@ def _validate(args: argparse.Namespace) -> int:
         raise ProtocolError(f"{given}: is a run directory, not a protocol file; validate its protocol: "
                             f"{given / 'protocol.yaml'}")
     protocol = load_protocol(args.protocol, overrides=args.set)
+    if getattr(protocol, "mea", True) is None:  # a task only an agent rig plays (kind: maze without `mea:`)
+        print(f"{protocol.source_file}: OK ({protocol.kind}; for an agent rig: --rig canonical)")
+        for line in protocol.describe(None):
+            print(f"  {line}")
+        return 0
     plan = protocol.make_protocol(protocol.seed, 25000.0)
     limits = SafetyLimits()
     for command in (plan.trial(i, 0).command for i in range(min(plan.n_trials, 1000))) if plan.open_loop \
