@@ -303,10 +303,10 @@ def load_protocol(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Pr
 
 def protocol_kinds() -> dict[str, Callable[[LocatedDoc, Path], ProtocolConfig]]:
     """Every protocol kind and its loader: `bss` here, the others in the library package (rigctl.protocols)."""
-    from rigctl.protocols import electrode_scan, python_class, spontaneous
+    from rigctl.protocols import electrode_scan, pong, python_class, spontaneous
 
     return {"bss": load_bss, electrode_scan.KIND: electrode_scan.load, spontaneous.KIND: spontaneous.load,
-            python_class.KIND: python_class.load}
+            python_class.KIND: python_class.load, pong.KIND: pong.load}
 
 
 def load_bss(doc: LocatedDoc, path: Path) -> BssProtocol:

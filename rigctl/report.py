@@ -234,6 +234,11 @@ def _kind_report(info: RunInfo, kind: str) -> tuple[dict[str, Any], Callable[[di
         summary["spontaneous"] = spontaneous_summary(info, protocol)
         fs = float(meta["sample_rate_hz"])
         return summary, lambda s, out: plot_spontaneous(s, run_dir / "spikes.bin", fs, out, title)
+    if kind == "pong":
+        from rigctl.tasks.pong import pong_summary
+
+        summary["pong"] = pong_summary(trials, 5.0, float(meta["sample_rate_hz"]))
+        return summary, lambda s, out: []
     return summary, lambda s, out: []  # a lab's Python protocol: its trials are in trials.bin (export trials)
 
 
@@ -242,4 +247,6 @@ def _planned_trials(protocol: dict[str, Any], kind: str) -> int | None:
         return len(protocol.get("electrodes", [])) * int(protocol.get("repetitions", 0))
     if kind == "spontaneous":
         return 0
+    if kind == "pong":
+        return int(protocol.get("trials", 0))
     return None

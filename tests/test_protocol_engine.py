@@ -28,6 +28,8 @@ SHORT = {  # each library protocol, shortened with --set
     "isomura2023_bss_pulsepal": ["--sessions", "1", "--set", "trials_per_session=8"],
     "electrode_scan": ["--set", "repetitions=2", "--set", "isi_s=0.2"],
     "spontaneous": ["--set", "duration_s=5"],
+    "pong": ["--set", "trials=40"],
+    "pong_rhs": ["--set", "trials=40"],
 }
 
 

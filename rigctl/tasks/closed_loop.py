@@ -139,6 +139,7 @@ class TaskProtocol(Protocol):
         self.heard = 0
         self.episode = 1
         self.trial_in_episode = 0
+        self.step_in_episode = 0  # steps decided in the current episode (the `step` field, 1-based)
         self.feedback_events = 0
 
     # ---- what a task says -------------------------------------------------------------------------------
@@ -205,13 +206,17 @@ class TaskProtocol(Protocol):
             self.pending_base = max(now_sample + margin, last, first)
         stim = self.pending.pop(0)
         self.trial_in_episode += 1
-        fields = {"phase": stim.phase, "episode": self.episode, "step": 0, "action": NO_ACTION, **stim.fields}
+        if stim.phase == PHASE_STEP:
+            self.step_in_episode += 1
+        step = self.step_in_episode if stim.phase == PHASE_STEP else 0  # feedback trials are no step
+        fields = {"phase": stim.phase, "episode": self.episode, "step": step, "action": NO_ACTION, **stim.fields}
         self.decided.append(_Decided(self.pending_base + int(round(stim.offset_s * self.sample_rate_hz)),
                                      stim.phase, stim.electrodes, fields, self.episode, self.trial_in_episode,
                                      stim.ends_episode))
         if stim.ends_episode:
             self.episode += 1
             self.trial_in_episode = 0
+            self.step_in_episode = 0
         if not self.pending:
             self.pending_base = None
         if stim.phase == PHASE_STEP:
@@ -241,6 +246,7 @@ class TaskProtocol(Protocol):
             else:
                 self.episode += 1
                 self.trial_in_episode = 0
+                self.step_in_episode = 0
         self.pending = batch
         self.pending_base = None
         self.awaiting = False
@@ -253,7 +259,7 @@ class TaskProtocol(Protocol):
             "pending": [[s.offset_s, list(s.electrodes), s.phase, s.fields, s.ends_episode] for s in self.pending],
             "pending_base": self.pending_base, "awaiting": self.awaiting, "heard": self.heard,
             "episode": self.episode, "trial_in_episode": self.trial_in_episode,
-            "feedback_events": self.feedback_events, "task": self.task_state(),
+            "step_in_episode": self.step_in_episode, "feedback_events": self.feedback_events, "task": self.task_state(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -268,5 +274,6 @@ class TaskProtocol(Protocol):
         self.heard = int(state["heard"])
         self.episode = int(state["episode"])
         self.trial_in_episode = int(state["trial_in_episode"])
+        self.step_in_episode = int(state.get("step_in_episode", 0))
         self.feedback_events = int(state["feedback_events"])
         self.set_task_state(state["task"])
