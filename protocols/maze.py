@@ -298,8 +298,8 @@ class MazeOnMea(TaskProtocol):
 
     def _step(self, offset_s: float) -> Stim:
         electrodes = tuple(e for m in self.open_moves() for e in self.mea.sensory_groups[m])
-        return Stim(offset_s, electrodes, PHASE_STEP, {"step": self.env.steps + 1, "row": self.env.row,
-                                                       "col": self.env.col, "gamma": math.nan, "reached": 0})
+        return Stim(offset_s, electrodes, PHASE_STEP, {"row": self.env.row, "col": self.env.col, "gamma": math.nan,
+                                                       "reached": 0})
 
     def first_batch(self) -> list[Stim]:
         self.env.reset()
@@ -307,7 +307,7 @@ class MazeOnMea(TaskProtocol):
 
     def _feedback(self, good: bool) -> list[Stim]:
         m = self.mea
-        fields = {"step": self.env.steps, "row": self.env.row, "col": self.env.col, "gamma": math.nan, "reached": 0}
+        fields = {"row": self.env.row, "col": self.env.col, "gamma": math.nan, "reached": 0}
         if good:
             return predictable_feedback(self.feedback_electrodes, m.predictable_rate_hz, m.predictable_duration_s,
                                         fields)

@@ -303,11 +303,10 @@ def load_protocol(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Pr
 
 def protocol_kinds() -> dict[str, Callable[[LocatedDoc, Path], ProtocolConfig]]:
     """Every protocol kind and its loader: `bss` here, the others in the library package (rigctl.protocols)."""
-    from rigctl.protocols import electrode_scan, maze, python_class, spontaneous
+    from rigctl.protocols import electrode_scan, maze, pong, python_class, spontaneous
 
     return {"bss": load_bss, electrode_scan.KIND: electrode_scan.load, spontaneous.KIND: spontaneous.load,
-            maze.KIND: maze.load,
-            python_class.KIND: python_class.load}
+            maze.KIND: maze.load, pong.KIND: pong.load, python_class.KIND: python_class.load}
 
 
 def load_bss(doc: LocatedDoc, path: Path) -> BssProtocol:

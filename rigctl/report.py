@@ -242,6 +242,11 @@ def _kind_report(info: RunInfo, kind: str) -> tuple[dict[str, Any], Callable[[di
             summary["sessions_planned"] = summary["task"].get("episodes")
             summary["mean_evoked_per_trial"] = None
         return summary, lambda s, out: plot_maze(s, info, protocol, out, title)
+    if kind == "pong":
+        from rigctl.report_task import plot_pong, pong_task_summary
+
+        summary["task"] = pong_task_summary(trials, float(meta["sample_rate_hz"]))
+        return summary, lambda s, out: plot_pong(s, out, title)
     return summary, lambda s, out: []  # a lab's Python protocol: its trials are in trials.bin (export trials)
 
 
@@ -250,4 +255,6 @@ def _planned_trials(protocol: dict[str, Any], kind: str) -> int | None:
         return len(protocol.get("electrodes", [])) * int(protocol.get("repetitions", 0))
     if kind == "spontaneous":
         return 0
+    if kind == "pong":
+        return int(protocol.get("trials", 0))
     return None

@@ -1,6 +1,7 @@
-"""The report of a maze run: learning curve, action frequencies and the trajectories of the first and last episode.
+"""The report of a task run. Maze: learning curve, action frequencies and the trajectories of the first and last
+episode. Pong: hits per rally over time and the aces, first 5 minutes against the rest (DishBrain).
 
-Figures follow the CB22 paper: success = the goal reached within the step cap; the first and the last block of
+Maze figures follow the CB22 paper: success = the goal reached within the step cap; the first and the last block of
 10 episodes; median steps over a block's episodes (an episode that hit the cap counts as the cap). On an MEA an
 episode cut short by the run's end is left out (`complete = 0` in `rigctl export episodes`).
 """
@@ -101,6 +102,52 @@ def plot_maze(summary: dict[str, Any], info: RunInfo, protocol: dict[str, Any], 
     fig.suptitle(title)
     fig.tight_layout()
     path = out_dir / "maze.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
+
+
+def pong_task_summary(trials: np.ndarray, sample_rate_hz: float) -> dict[str, Any]:
+    """The `task` block of summary.json for a Pong run: the rallies and the first-5-minutes comparison."""
+    from rigctl.tasks.pong import pong_episode_rows, pong_summary
+
+    rows = pong_episode_rows(trials, sample_rate_hz)
+    steps = trials[trials["phase"] == 0] if len(trials) else trials
+    moves = np.bincount(steps["action"][steps["action"] >= 0].astype(np.int64), minlength=2)[:2] if len(steps) else [0, 0]
+    return {"task": "pong", **pong_summary(trials, 5.0, sample_rate_hz), "rallies": len(rows),
+            "hits": [r["hits"] for r in rows], "end_s": [r["end_s"] for r in rows],
+            "hits_moving_average": moving_average(np.array([r["hits"] for r in rows])),
+            "move_share": {"up": round(float(moves[0] / max(1, sum(moves))), 4),
+                           "down": round(float(moves[1] / max(1, sum(moves))), 4)}}
+
+
+def plot_pong(summary: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = summary["task"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    minutes = np.array(task["end_s"]) / 60.0
+    axes[0].plot(minutes, task["hits"], "o", ms=3, color="tab:blue", label="rally")
+    axes[0].plot(minutes, task["hits_moving_average"], "k-", label=f"moving average ({MOVING_AVERAGE})")
+    axes[0].axvline(task["first_minutes"], color="tab:red", ls="--", lw=1)
+    axes[0].set(xlabel="task time (min)", ylabel="hits per rally", title=f"rallies: {task['rallies']}")
+    axes[0].legend(fontsize=8)
+    parts = ("first", "rest")
+    labels = [f"first {task['first_minutes']:g} min", "rest"]
+    hits = [task[f"hits_per_rally_{p}"] or 0.0 for p in parts]
+    aces = [task[f"ace_fraction_{p}"] or 0.0 for p in parts]
+    x = np.arange(2)
+    axes[1].bar(x - 0.2, hits, 0.4, label="hits per rally")
+    axes[1].bar(x + 0.2, aces, 0.4, label="ace fraction")
+    axes[1].set_xticks(x)
+    axes[1].set_xticklabels(labels)
+    axes[1].legend(fontsize=8)
+    axes[1].set(title="first minutes against the rest")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = out_dir / "pong.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return [path]

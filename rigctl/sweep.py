@@ -208,7 +208,7 @@ def point_figures(run_dir: Path) -> dict[str, Any]:
 
 
 TASK_FIGURES = ("episodes", "success_first10", "success_last10", "median_steps_first10", "median_steps_last10",
-                "hits_per_rally_first5min", "hits_per_rally_rest", "ace_fraction_first5min", "ace_fraction_rest")
+                "rallies", "hits_per_rally_first", "hits_per_rally_rest", "ace_fraction_first", "ace_fraction_rest")
 FIGURE_COLUMNS = ("trials", "mean_evoked_per_trial", "separation_last10", "L_first", "L_last", "err_x_last10",
                   *TASK_FIGURES)
 

@@ -46,7 +46,7 @@ def _export_episodes(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rigctl.export import load_run_info
-    from rigctl.tasks.episodes import write_episodes_csv
+    from rigctl.tasks.episodes import write_dict_rows_csv, write_episodes_csv
     from rigctl.tasks.run_episodes import maze_episode_rows
 
     run_dir = Path(args.run_dir)
@@ -54,20 +54,28 @@ def _export_episodes(args: argparse.Namespace) -> int:
     kind = info.meta.get("protocol_kind", "bss")
     if kind == "maze":
         rows = maze_episode_rows(run_dir)
+        write = lambda out: write_episodes_csv(out, rows)  # noqa: E731
     elif kind == "pong":
-        from rigctl.tasks.pong import pong_episode_rows_of_run
-        rows = pong_episode_rows_of_run(run_dir)
+        from rigctl.store import read_records
+        from rigctl.tasks.pong import pong_episode_rows
+
+        trials = read_records(run_dir / "trials.bin", info.trial_dtype)
+        pong_rows = pong_episode_rows(trials, float(info.meta["sample_rate_hz"]))
+        write = lambda out: write_dict_rows_csv(out, pong_rows, ("episode", "hits", "ace", "start_s", "end_s"))  # noqa: E731
     else:
         raise RigctlError(f"{run_dir}: a {kind} run has no episodes; allowed: a run of a task protocol "
                           "(kind: maze or pong)")
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
-        n = write_episodes_csv(out, rows)
+        out = open(args.output, "w", newline="") if args.output else sys.stdout
+        try:
+            n = write(out)
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        return 0
     except OSError as exc:
-        raise RigctlError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        if out is not sys.stdout:
-            out.close()
+        raise RigctlError(f"{args.output or 'stdout'}: cannot write ({exc.strerror or exc})") from None
     print(f"{n} episodes", file=sys.stderr)
     return 0
 

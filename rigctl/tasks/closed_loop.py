@@ -132,13 +132,16 @@ class TaskProtocol(Protocol):
         self.sample_rate_hz = sample_rate_hz
         self.decoder = decoder
         self.pulse = pulse
-        self.decided: list[_Decided] = []
+        self.decided: list[_Decided] = []  # trials decided and not yet heard (earlier ones are never asked again)
+        self.first_decided = 0  # the run index of decided[0]
+        self.last_sample: int | None = None  # the pulse sample of the last trial decided
         self.pending: list[Stim] = []
         self.pending_base: int | None = None  # the sample at which the pending batch starts, once fixed
         self.awaiting = False  # a step's response is not heard yet
         self.heard = 0
         self.episode = 1
         self.trial_in_episode = 0
+        self.step_in_episode = 0  # steps decided in the current episode (the `step` field, 1-based)
         self.feedback_events = 0
 
     # ---- what a task says -------------------------------------------------------------------------------
@@ -188,10 +191,16 @@ class TaskProtocol(Protocol):
     def stimulated_sets(self) -> Iterable[tuple[int, ...]]:
         """Every electrode set a trial of this task may stimulate (for the safety check before the run)."""
 
+    @property
+    def n_decided(self) -> int:
+        return self.first_decided + len(self.decided)
+
     def trial(self, index: int, now_sample: int = 0) -> PlannedTrial | None:
-        if index < len(self.decided):
+        if index < self.first_decided:
+            raise IndexError(f"trial {index + 1} was heard already; a task keeps only the trials not yet heard")
+        if index < self.n_decided:
             return self._planned(index)
-        if index != len(self.decided) or index >= self.n_trials:
+        if index != self.n_decided or index >= self.n_trials:
             return None
         if not self.pending:
             if index > 0:
@@ -201,17 +210,21 @@ class TaskProtocol(Protocol):
             margin = int(round(self.config.decision_margin_ms * 1e-3 * self.sample_rate_hz))
             spacing = int(round(self.config.isi_s * self.sample_rate_hz))
             first = int(round(self.config.first_trial_s * self.sample_rate_hz))
-            last = self.decided[-1].sample + spacing if self.decided else first
+            last = first if self.last_sample is None else self.last_sample + spacing
             self.pending_base = max(now_sample + margin, last, first)
         stim = self.pending.pop(0)
         self.trial_in_episode += 1
-        fields = {"phase": stim.phase, "episode": self.episode, "step": 0, "action": NO_ACTION, **stim.fields}
-        self.decided.append(_Decided(self.pending_base + int(round(stim.offset_s * self.sample_rate_hz)),
-                                     stim.phase, stim.electrodes, fields, self.episode, self.trial_in_episode,
-                                     stim.ends_episode))
+        if stim.phase == PHASE_STEP:
+            self.step_in_episode += 1
+        step = self.step_in_episode if stim.phase == PHASE_STEP else 0  # feedback trials are no step
+        fields = {"phase": stim.phase, "episode": self.episode, "step": step, "action": NO_ACTION, **stim.fields}
+        self.last_sample = self.pending_base + int(round(stim.offset_s * self.sample_rate_hz))
+        self.decided.append(_Decided(self.last_sample, stim.phase, stim.electrodes, fields, self.episode,
+                                     self.trial_in_episode, stim.ends_episode))
         if stim.ends_episode:
             self.episode += 1
             self.trial_in_episode = 0
+            self.step_in_episode = 0
         if not self.pending:
             self.pending_base = None
         if stim.phase == PHASE_STEP:
@@ -219,7 +232,7 @@ class TaskProtocol(Protocol):
         return self._planned(index)
 
     def _planned(self, index: int) -> PlannedTrial:
-        d = self.decided[index]
+        d = self.decided[index - self.first_decided]
         command = StimCommand(d.sample, tuple(sorted(d.electrodes)), self.pulse) if d.electrodes else None
         return PlannedTrial(index, d.session, d.trial, d.sample, command, dict(d.fields),
                             last_in_session=d.last_in_session)
@@ -227,6 +240,10 @@ class TaskProtocol(Protocol):
     def on_response(self, record: TrialRecord) -> None:
         index = self.heard
         self.heard += 1
+        if self.decided and self.first_decided < self.heard:
+            drop = min(self.heard - self.first_decided, len(self.decided))
+            del self.decided[:drop]
+            self.first_decided += drop
         if int(record.fields["phase"]) != PHASE_STEP:
             return
         action = self.decoder.decide(record.counts, index)
@@ -241,6 +258,7 @@ class TaskProtocol(Protocol):
             else:
                 self.episode += 1
                 self.trial_in_episode = 0
+                self.step_in_episode = 0
         self.pending = batch
         self.pending_base = None
         self.awaiting = False
@@ -251,9 +269,10 @@ class TaskProtocol(Protocol):
             "decided": [[d.sample, d.phase, list(d.electrodes), d.fields, d.session, d.trial, d.last_in_session]
                         for d in self.decided],
             "pending": [[s.offset_s, list(s.electrodes), s.phase, s.fields, s.ends_episode] for s in self.pending],
-            "pending_base": self.pending_base, "awaiting": self.awaiting, "heard": self.heard,
+            "first_decided": self.first_decided, "last_sample": self.last_sample, "pending_base": self.pending_base, "awaiting": self.awaiting,
+            "heard": self.heard,
             "episode": self.episode, "trial_in_episode": self.trial_in_episode,
-            "feedback_events": self.feedback_events, "task": self.task_state(),
+            "step_in_episode": self.step_in_episode, "feedback_events": self.feedback_events, "task": self.task_state(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -263,10 +282,13 @@ class TaskProtocol(Protocol):
                                  bool(d[6])) for d in state["decided"]]
         self.pending = [Stim(float(s[0]), tuple(int(e) for e in s[1]), int(s[2]), dict(s[3]), bool(s[4]))
                         for s in state["pending"]]
+        self.first_decided = int(state.get("first_decided", 0))
+        self.last_sample = state.get("last_sample", self.decided[-1].sample if self.decided else None)
         self.pending_base = state["pending_base"]
         self.awaiting = bool(state["awaiting"])
         self.heard = int(state["heard"])
         self.episode = int(state["episode"])
         self.trial_in_episode = int(state["trial_in_episode"])
+        self.step_in_episode = int(state.get("step_in_episode", 0))
         self.feedback_events = int(state["feedback_events"])
         self.set_task_state(state["task"])

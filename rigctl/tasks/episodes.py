@@ -53,3 +53,12 @@ def read_episodes_csv(path: Path) -> list[EpisodeRow]:
             extra = {k: v for k, v in rec.items() if k not in EPISODE_COLUMNS}
             rows.append(EpisodeRow(int(rec["episode"]), int(rec["steps"]), rec["reached"] == "1", extra))
         return rows
+
+
+def write_dict_rows_csv(out: TextIO, rows: list[dict[str, object]], columns: tuple[str, ...]) -> int:
+    """Rows of a task whose episodes are not walks to a goal (Pong: `episode,hits,...`), header `columns`."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row[c] for c in columns])
+    return len(rows)
