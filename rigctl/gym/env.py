@@ -90,8 +90,9 @@ def default_patterns(layout: ElectrodeLayout, limits: SafetyLimits, guard: Guard
         chosen = [Pattern(g, p) for g in groups if _refusal(guard, Pattern(g, p)) is None]
         if chosen:
             return tuple(chosen)
-    raise SafetyViolation(f"no default stimulation pattern is allowed on this rig ({_refusal(guard, Pattern(groups[0], pulses[-1]))}); "
-                          "pass patterns= that its limits allow")
+    problem = _refusal(guard, Pattern(groups[0], pulses[-1]))
+    raise SafetyViolation(f"no default stimulation pattern is allowed on this rig ({problem}); pass patterns= "
+                          "that its limits allow")
 
 
 def default_target(layout: ElectrodeLayout, pattern: Pattern) -> tuple[int, ...]:
