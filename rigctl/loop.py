@@ -196,29 +196,49 @@ class ProtocolRunner:
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def run(self) -> LoopStats:
-        total = self.protocol.n_trials
-        progress = Progress(total, self.n_done, self.config.progress, self.cfg.name)
-        wall0 = time.monotonic()
+        """The whole run: `start`, `iterate` while `running()`, `stop`; the stimulator ends in its safe state."""
+        self.start()
+        try:
+            while self.running():
+                self.iterate()
+        finally:
+            self.stop()
+        self.stim.safe_state()
+        return self.stats
+
+    def start(self) -> None:
+        """Start acquisition (and the realtime watchdog). Callers that drive the loop chunk by chunk (an
+        environment waiting for one trial's record) call `iterate` themselves, then `stop` exactly once."""
+        self._progress = Progress(self.protocol.n_trials, self.n_done, self.config.progress, self.cfg.name)
+        self._wall0 = time.monotonic()
         self.amp.start()
         self.source.start()
         self._clock_origin = None  # set at the first chunk: start-up (JIT compilation, connects) is not lag
-        watchdog = Watchdog(self.config.watchdog_s, self._on_stall).start() if self.config.realtime else None
+        self._watchdog = Watchdog(self.config.watchdog_s, self._on_stall).start() if self.config.realtime else None
+
+    def running(self) -> bool:
+        """Whether `run` reads another chunk: trials not done, kept windows not all recorded, or recording left."""
+        return self.n_done < self.protocol.n_trials or self._keeping() or self.clock < self._record_until()
+
+    def iterate(self) -> None:
+        """One chunk: steer, skip a rest, schedule ahead, read, process. A fault puts the stimulator in its
+        safe state and is stored as an event before it propagates (an abort did both already)."""
+        total = self.protocol.n_trials
         try:
-            while self.n_done < total or self._keeping() or self.clock < self._record_until():
-                if self.steering is not None:
-                    self._steer()
-                self._skip_rest_if_possible()
-                self._schedule_ahead()
-                chunk = self.amp.read()
-                self._process(chunk, progress)
-                if total == 0:
-                    progress.recorded(self.clock / self.fs, self.protocol.record_until / self.fs)
-                if self.next_to_schedule >= total and not self.windows.open and self.n_done < total:
-                    # every trial was scheduled and none is open, yet some are not done: reading on would never end
-                    raise RigctlError(f"{total - self.n_done} trial(s) of {total} were scheduled but never "
-                                      "stored (an inconsistent checkpoint?); the run cannot complete")
-                if watchdog is not None:
-                    watchdog.kick()
+            if self.steering is not None:
+                self._steer()
+            self._skip_rest_if_possible()
+            self._schedule_ahead()
+            chunk = self.amp.read()
+            self._process(chunk, self._progress)
+            if total == 0:
+                self._progress.recorded(self.clock / self.fs, self.protocol.record_until / self.fs)
+            if self.next_to_schedule >= total and not self.windows.open and self.n_done < total:
+                # every trial was scheduled and none is open, yet some are not done: reading on would never end
+                raise RigctlError(f"{total - self.n_done} trial(s) of {total} were scheduled but never "
+                                  "stored (an inconsistent checkpoint?); the run cannot complete")
+            if self._watchdog is not None:
+                self._watchdog.kick()
         except RunAborted:
             raise  # _abort put the stimulator in its safe state and checkpointed
         except BaseException as exc:
@@ -230,15 +250,15 @@ class ProtocolRunner:
                                     trials_done=self.n_done, sample=self.clock)
             self.store.flush()
             raise
-        finally:
-            if watchdog is not None:
-                watchdog.stop()
-            progress.close()
-            self.amp.stop()
-            self.stats.wall_s += time.monotonic() - wall0
-            self.store.flush()
-        self.stim.safe_state()
-        return self.stats
+
+    def stop(self) -> None:
+        """Stop the watchdog and acquisition, count the wall time, flush the store (after `start`, once)."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self._progress.close()
+        self.amp.stop()
+        self.stats.wall_s += time.monotonic() - self._wall0
+        self.store.flush()
 
     def _on_stall(self) -> None:
         """Watchdog thread: the loop stopped processing chunks; stop stimulating (the store is the loop's)."""

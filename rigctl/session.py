@@ -165,6 +165,32 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
     overrides["seed"] = seed
     protocol = protocol.with_overrides(**overrides)
     out = Path(out) if out is not None else default_out_dir(protocol, seed)
+    run = open_run(protocol, options, out, publisher, rig_factory, control)
+    try:
+        _execute(run.runner, run.store, control)
+    finally:
+        run.rig.close()
+    return out
+
+
+@dataclass
+class OpenRun:
+    """A new run, wired and stored but not started: its rig (the caller closes it), the protocol's plan,
+    the guarded stimulator, the store (run.json says running) and the runner."""
+
+    rig: Rig
+    plan: Protocol
+    guarded: GuardedStimulator
+    store: SessionStore
+    runner: ProtocolRunner
+
+
+def open_run(protocol: ProtocolConfig, options: RunOptions, out: Path, publisher=None, rig_factory=open_rig,
+             control=None) -> OpenRun:
+    """Open the rig, check the plan against its limits, write the run directory and build the runner, as
+    `rigctl run` does; `protocol` is resolved (its seed is the run's). The rig is closed if this fails.
+    Callers that drive the runner themselves (rigctl.gym) end the run with `end_run`."""
+    seed = protocol.seed
     check_new_run_dir(out)
     rig = rig_factory(options.rig, seed=seed, drug=protocol.drug, realtime=options.realtime,
                       chunk_ms=options.chunk_ms)
@@ -185,10 +211,10 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
         store = SessionStore.create(out, meta, {"protocol.yaml": protocol.to_yaml()})
         store.append_event("run_start", seed=seed)
         runner = _make_runner(plan, guarded, rig, store, options, publisher, control)
-        _execute(runner, store, control)
-    finally:
+    except BaseException:
         rig.close()
-    return out
+        raise
+    return OpenRun(rig, plan, guarded, store, runner)
 
 
 def _run_meta(protocol: ProtocolConfig, seed: int, options: RunOptions, rig: Rig) -> dict[str, Any]:
@@ -368,21 +394,30 @@ def _execute(runner: ProtocolRunner, store: SessionStore, control=None) -> LoopS
                                                    "layout": _layout(runner)})
         stats = runner.run()
     except BaseException as exc:
-        closed = _detach_control(control)
-        interrupted = isinstance(exc, (KeyboardInterrupt, RunAborted))
-        store.update_meta(status="interrupted" if interrupted else "failed",
-                          error=f"{type(exc).__name__}: {exc}", trials_done=runner.n_done, **closed)
-        store.close()
+        end_run(runner, store, exc, control)
         raise
+    end_run(runner, store, None, control)
+    return stats
+
+
+def end_run(runner: ProtocolRunner, store: SessionStore, error: BaseException | None = None, control=None) -> None:
+    """Finalise the run directory once the loop has stopped: `complete` (a run_end event first), or, after
+    `error`, `interrupted` (Ctrl-C, SIGTERM, an abort) or `failed`; then close the store."""
+    if error is not None:
+        closed = _detach_control(control)
+        interrupted = isinstance(error, (KeyboardInterrupt, RunAborted))
+        store.update_meta(status="interrupted" if interrupted else "failed",
+                          error=f"{type(error).__name__}: {error}", trials_done=runner.n_done, **closed)
+        store.close()
+        return
     store.append_event("run_end", trials_done=runner.n_done)
     store.sync()  # run_end is on disk before the status says complete
     closed = _detach_control(control)
     if runner.publisher is not None:
-        runner.publisher.publish("run_end", {"trials_done": runner.n_done, "overruns": stats.overruns})
+        runner.publisher.publish("run_end", {"trials_done": runner.n_done, "overruns": runner.stats.overruns})
     store.update_meta(status="complete", trials_done=runner.n_done,
-                      loop_stats={k: v for k, v in asdict(stats).items()}, **closed)
+                      loop_stats={k: v for k, v in asdict(runner.stats).items()}, **closed)
     store.close()
-    return stats
 
 
 def _layout(runner: ProtocolRunner) -> list[list[float]] | None:

@@ -2,7 +2,7 @@
 
 Layers, from the top:
 - composition root: `rigctl.cli`, `rigctl.commands.*`, `rigctl.session`, `rigctl.rigs`, `rigctl.rigfile`,
-  `rigctl.benchmarks.*`: may import anything;
+  `rigctl.benchmarks.*`, `rigctl.gym.*` (the Gymnasium environment opens rigs): may import anything;
 - simulator: `rigctl.sim.*` (folder `sim/`): may import the core (e.g. the drivers' wire modules), not the root;
 - core: every other module of the package (types, errors, engine, protocol, loop, store, safety, signal,
   model, protocols, drivers, ...): never imports `rigctl.sim` or the composition root, directly, lazily (inside
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 COMPOSITION_ROOT = ("rigctl.cli", "rigctl.commands", "rigctl.session", "rigctl.rigs", "rigctl.rigfile",
-                    "rigctl.benchmarks")
+                    "rigctl.benchmarks", "rigctl.gym")
 SIM = ("rigctl.sim",)
 
 
