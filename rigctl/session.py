@@ -19,7 +19,7 @@ from rigctl.loop import LoopConfig, LoopStats, ProtocolRunner
 from rigctl.online import SelectivityTracker
 from rigctl.protocol import load_protocol, name_problem
 from rigctl.agent_loop import AgentRunner
-from rigctl.rigs import RIG_CHOICES, Rig, open_rig
+from rigctl.rigs import AGENT_RIGS, RIG_CHOICES, Rig, open_rig
 from rigctl.safety import GuardedStimulator
 from rigctl.steering import PlanShift, RunAborted, Steering
 from rigctl.store import (RunLock, SessionStore, check_new_run_dir, load_run_meta, read_jsonl, read_stims,
@@ -165,6 +165,9 @@ def start_run(protocol_ref: str, options: RunOptions, out: Path | None = None, p
     overrides["seed"] = seed
     protocol = protocol.with_overrides(**overrides)
     out = Path(out) if out is not None else default_out_dir(protocol, seed)
+    if options.rig in AGENT_RIGS:
+        _start_agent_run(protocol, options, out, rig_factory)
+        return out
     run = open_run(protocol, options, out, publisher, rig_factory, control)
     try:
         _execute(run.runner, run.store, control)
@@ -196,8 +199,8 @@ def open_run(protocol: ProtocolConfig, options: RunOptions, out: Path, publisher
                       chunk_ms=options.chunk_ms)
     try:
         if rig.make_agent is not None:
-            _start_agent_run(protocol, seed, rig, out, options)
-            return out
+            raise RigctlError(f"--rig {options.rig}: an agent rig plays whole episodes; it has no trials to drive "
+                              "one by one")
         plan, guarded = _guard(protocol, seed, rig)
         _check_plan(plan, guarded, rig)
         meta = {
@@ -250,15 +253,21 @@ def _agent_task(protocol: ProtocolConfig, seed: int, rig_name: str) -> AgentTask
     return make(seed)
 
 
-def _start_agent_run(protocol: ProtocolConfig, seed: int, rig: Rig, out: Path, options: RunOptions) -> None:
+def _start_agent_run(protocol: ProtocolConfig, options: RunOptions, out: Path, rig_factory) -> None:
+    seed = protocol.seed
     task = _agent_task(protocol, seed, options.rig)
-    agent = rig.make_agent(seed, task.agent_parameters())
-    meta = {**_run_meta(protocol, seed, options, rig), "signal_config": None, "shapes": {"n_electrodes": 0},
-            "trial_fields": [f.to_json() for f in task.trial_fields], "episodes": task.episodes,
-            "sample_rate_hz": 1.0, "uV_per_bit": None}  # an agent run's clock: one sample per step
-    store = SessionStore.create(out, meta, {"protocol.yaml": protocol.to_yaml()})
-    store.append_event("run_start", seed=seed)
-    _execute_agent(AgentRunner(task, agent, store, options.progress), store)
+    check_new_run_dir(out)
+    rig = rig_factory(options.rig, seed=seed, drug=protocol.drug, realtime=options.realtime, chunk_ms=options.chunk_ms)
+    try:
+        agent = rig.make_agent(seed, task.agent_parameters())
+        meta = {**_run_meta(protocol, seed, options, rig), "signal_config": None, "shapes": {"n_electrodes": 0},
+                "trial_fields": [f.to_json() for f in task.trial_fields], "episodes": task.episodes,
+                "sample_rate_hz": 1.0, "uV_per_bit": None}  # an agent run's clock: one sample per step
+        store = SessionStore.create(out, meta, {"protocol.yaml": protocol.to_yaml()})
+        store.append_event("run_start", seed=seed)
+        _execute_agent(AgentRunner(task, agent, store, options.progress), store)
+    finally:
+        rig.close()
 
 
 def _resume_agent_run(run_dir: Path, lock: RunLock, protocol: ProtocolConfig, seed: int, rig: Rig,
