@@ -83,6 +83,24 @@ def measure_speed(config: CanonicalConfig, n_episodes: int) -> None:
     print(f"(a) speed: one agent (seed 0, E_right {config.decision_prior_right}), {n_episodes} episodes, "
           f"{steps} steps in {seconds:.1f} s = {steps / seconds:,.0f} steps/s (1 process; "
           f"{run.reached.sum()} episodes reached the goal)")
+    # the same agent through the protocol engine, as `rigctl run cb22_maze --rig canonical` (every step stored)
+    import tempfile
+
+    from rigctl.session import RunOptions, start_run
+    from rigctl.store import read_trials
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = RunOptions(rig="canonical", seed=0, progress=False,
+                             overrides=(f"episodes={n_episodes}", f"max_steps={config.max_steps}",
+                                        f"decision_prior_right={config.decision_prior_right}"))
+        t0 = time.perf_counter()
+        out = start_run("cb22_maze", options, Path(tmp) / "run")
+        engine_s = time.perf_counter() - t0
+        stored = len(read_trials(out))
+        size_mb = (out / "trials.bin").stat().st_size / 1e6
+    print(f"    through the engine (rigctl run cb22_maze --rig canonical): {stored} steps stored in {engine_s:.1f} s "
+          f"= {stored / engine_s:,.0f} steps/s, {engine_s / seconds:.2f}x the agent alone; trials.bin {size_mb:.0f} MB"
+          f"{'' if stored == steps else ' (STEPS DIFFER from the agent alone)'}")
 
 
 def main(argv: list[str] | None = None) -> int:

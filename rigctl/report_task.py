@@ -151,3 +151,20 @@ def plot_pong(summary: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return [path]
+
+
+def task_lines(task: dict[str, Any], label: str = "") -> list[str]:
+    """What a person reads of a task's figures at the end of `rigctl run` or `rigctl report` (stderr)."""
+    prefix = f"{label}: " if label else ""
+    if task.get("task") == "maze" and "success_first10" in task:
+        n = task.get("runs")
+        return [f"{prefix}success {task['success_first10']:.2f} -> {task['success_last10']:.2f} (first -> last "
+                f"{BLOCK} episodes), median steps {task['median_steps_first10']:g} -> {task['median_steps_last10']:g}"
+                f"{f'; episodes of {n} runs pooled' if n else ''}"]
+    if task.get("task") == "pong":
+        def show(v: Any) -> str:
+            return "-" if v is None else f"{v:.2f}"
+        return [f"{prefix}hits per rally {show(task['hits_per_rally_first'])} (first {task['first_minutes']:g} min, "
+                f"{task['rallies_first']} rallies) -> {show(task['hits_per_rally_rest'])} (rest, {task['rallies_rest']}); "
+                f"aces {show(task['ace_fraction_first'])} -> {show(task['ace_fraction_rest'])}"]
+    return []

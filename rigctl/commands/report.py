@@ -16,8 +16,25 @@ def _report(args: argparse.Namespace) -> int:
     from rigctl.report_sweep import is_sweep_dir, write_sweep_report
 
     path = write_sweep_report(args.run_dir) if is_sweep_dir(args.run_dir) else write_report(args.run_dir, warn=_warn)
+    print_task_figures(path)
     print(path)
     return 0
+
+
+def print_task_figures(summary_path) -> None:
+    """A task run's or task sweep's headline figures on stderr (learning curve ends, rallies)."""
+    import json
+
+    from rigctl.report_task import task_lines
+
+    summary = json.loads(open(summary_path).read())
+    lines = task_lines(summary.get("task") or {})
+    for label, entry in (summary.get("conditions") or {}).items():
+        pooled = entry.get("episodes_pooled")
+        if pooled:
+            lines += task_lines({"task": "maze", **pooled}, label)
+    for line in lines:
+        print(line, file=sys.stderr)
 
 
 def register(sub) -> None:

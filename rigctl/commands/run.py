@@ -38,6 +38,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from rigctl.report import write_report
         summary_path = write_report(run_dir)
+        from rigctl.commands.report import print_task_figures
+        print_task_figures(summary_path)
         print(f"report: {summary_path}", file=sys.stderr)
     print(run_dir)
     return 0
