@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from rigctl.figures import save_figure
 from rigctl.store import RunInfo, read_spikes
 
 
@@ -97,9 +98,4 @@ def plot_spontaneous(summary: dict[str, Any], spikes_path: Path, fs: float, out_
     else:
         axes[1].bar(np.arange(len(rates)), rates)
         axes[1].set(xlabel="electrode", ylabel="Hz", title="firing rate per electrode")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = out_dir / "spontaneous.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return save_figure(fig, title, out_dir / "spontaneous.png")

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rigctl.figures import save_figure
 from rigctl.errors import StoreError
 from rigctl.sweep import FIGURE_COLUMNS, POINTS_DIR, RESULTS_FILE, SWEEP_FILE
 
@@ -115,12 +116,8 @@ def plot_pooled(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     axes[0].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"sweep {Path(summary['sweep_dir']).name}: episodes pooled over seeds")
-    fig.tight_layout()
-    path = Path(out_dir) / "sweep_episodes.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return save_figure(fig, f"sweep {Path(summary['sweep_dir']).name}: episodes pooled over seeds",
+                       Path(out_dir) / "sweep_episodes.png")
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -155,12 +152,8 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_xticklabels(labels if column == figures[-1] else [""] * len(labels), rotation=20, ha="right",
                            fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"sweep {Path(summary['sweep_dir']).name}: mean ± SD over seeds")
-    fig.tight_layout()
-    path = Path(out_dir) / "sweep.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return save_figure(fig, f"sweep {Path(summary['sweep_dir']).name}: mean ± SD over seeds",
+                       Path(out_dir) / "sweep.png")
 
 
 def write_sweep_report(sweep_dir: Path) -> Path:

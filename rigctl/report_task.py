@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from rigctl.figures import save_figure
 from rigctl.store import RunInfo, read_records
 from rigctl.tasks.episodes import EpisodeRow
 from rigctl.tasks.maze import generate_maze
@@ -99,12 +100,7 @@ def plot_maze(summary: dict[str, Any], info: RunInfo, protocol: dict[str, Any], 
     axes[2].set(title="trajectories (first and last episode)", xticks=[], yticks=[])
     if n:
         axes[2].legend(fontsize=8, loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = out_dir / "maze.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return save_figure(fig, title, out_dir / "maze.png")
 
 
 def pong_task_summary(trials: np.ndarray, sample_rate_hz: float) -> dict[str, Any]:
@@ -145,12 +141,7 @@ def plot_pong(summary: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
     axes[1].set_xticklabels(labels)
     axes[1].legend(fontsize=8)
     axes[1].set(title="first minutes against the rest")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = out_dir / "pong.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return save_figure(fig, title, out_dir / "pong.png")
 
 
 def task_lines(task: dict[str, Any], label: str = "") -> list[str]:
