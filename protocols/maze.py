@@ -332,6 +332,11 @@ class MazeOnMea(TaskProtocol):
         next_step_s = batch[-1].offset_s + self.mea.isi_s if batch else 0.0
         return batch + [self._step(next_step_s)], ended
 
+    def feedback_interval(self) -> tuple[float, str] | None:
+        m = self.mea
+        return min((1.0 / m.predictable_rate_hz, "mea.feedback.predictable_rate_hz"),
+                   (m.min_interval_s, "mea.feedback.min_interval_s"))
+
     def stimulated_sets(self) -> Iterable[tuple[int, ...]]:
         groups = self.mea.sensory_groups
         for mask in range(1, 16):

@@ -139,6 +139,11 @@ class PongProtocol(TaskProtocol):
         return (TrialField("ball_x", "<f8"), TrialField("ball_y", "<f8"), TrialField("paddle_y", "<f8"),
                 TrialField("outcome", "u1"))
 
+    def feedback_interval(self) -> tuple[float, str] | None:
+        cfg = self.config
+        return min((1.0 / cfg.hit_feedback_rate_hz, "hit_feedback_rate_hz"),
+                   (cfg.miss_feedback_min_interval_s, "miss_feedback_min_interval_s"))
+
     def stimulated_sets(self) -> Iterable[tuple[int, ...]]:
         sensory = self.config.sensory_electrodes
         return [(e,) for e in sensory] + [tuple(sensory)]

@@ -169,6 +169,11 @@ class Protocol(ABC):
         (the rate is checked as each is sent). Open-loop protocols: their whole plan instead."""
         return ()
 
+    def shortest_pulse_interval(self) -> tuple[float, str] | None:
+        """A closed-loop protocol's shortest time between two pulses on one electrode, in seconds, and the field
+        that sets it, so the rate limit is checked before the run (open loop: the whole plan is). None: unknown."""
+        return None
+
     @property
     def record_until(self) -> int:
         """Sample until which the loop records even when no trial is left (recording-only protocols)."""

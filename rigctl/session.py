@@ -115,13 +115,19 @@ def _check_plan(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, first_
     else:
         commands = list(protocol.candidate_commands())
 
-        def check(cs):  # each shape alone: the rate of a closed-loop protocol is checked as it sends
+        def check(cs):  # each shape alone; the rate: the protocol's shortest interval below, and as it sends
             for c in cs:
                 guarded.check_plan([c])
     try:
         check(commands)
     except SafetyViolation as exc:
         raise SafetyViolation(f"{cfg.source_file}: {exc} (limits of {rig_name})") from exc
+    interval = None if protocol.open_loop else protocol.shortest_pulse_interval()
+    limit_s = 1.0 / rig.limits.max_rate_hz
+    if interval is not None and interval[0] < limit_s - 1e-12:
+        raise SafetyViolation(f"{cfg.source_file}: field '{interval[1]}' lets one electrode be pulsed every "
+                              f"{interval[0] * 1000:g} ms; allowed: at least {limit_s * 1000:g} ms (max_rate_hz "
+                              f"{rig.limits.max_rate_hz:g} of {rig_name})")
 
 
 def _make_runner(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, store: SessionStore,

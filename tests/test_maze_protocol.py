@@ -222,3 +222,28 @@ def test_the_report_draws_the_task(tmp_path):
     assert task["steps"] == [e["steps"] for e in ends]
     assert task["success_first10"] == pytest.approx(np.mean([e["reached"] for e in ends]), abs=1e-4)
     assert (out / "maze.png").stat().st_size > 10_000
+
+
+RIGS = Path(__file__).resolve().parents[1] / "rigs"
+
+
+@pytest.mark.parametrize("protocol, rig, trials, allowed", [
+    ("cb22_maze_mea_pulsepal", "pulsepal_sim.yaml", "mea.trials=200", {0, 2, 4, 6}),
+    ("pong_rhs", "rhx_sim.yaml", "trials=150", set(range(64))),
+])
+def test_the_tasks_run_through_shipped_rig_files(tmp_path, protocol, rig, trials, allowed):
+    out = tmp_path / protocol
+    rigctl("run", protocol, "--rig", str(RIGS / rig), "--set", trials, "--out", str(out), "--no-progress")
+    t = read_trials(out)
+    assert len(t) == int(trials.split("=")[1]) and load_run_meta(out)["status"] == "complete"
+    steps = t[t["phase"] == PHASE_STEP]
+    assert (steps["action"] >= 0).all() and len(set(steps["action"].tolist())) > 1
+    assert set(read_stims(out)["electrode"].tolist()) <= allowed
+
+
+def test_a_task_faster_than_the_rig_allows_is_refused_before_the_run(tmp_path):
+    proc = rigctl("run", "cb22_maze_mea_pulsepal", "--rig", str(RIGS / "pulsepal_sim.yaml"), "--set",
+                  "mea.feedback.min_interval_s=0.02", "--set", "mea.feedback.predictable_rate_hz=20",
+                  "--out", str(tmp_path / "x"), "--no-progress", check=False)
+    assert proc.returncode != 0 and "field 'mea.feedback.min_interval_s'" in proc.stderr
+    assert "allowed: at least 50 ms (max_rate_hz 20" in proc.stderr and not (tmp_path / "x").exists()

@@ -187,6 +187,19 @@ class TaskProtocol(Protocol):
         """Every electrode set the task may stimulate, with its pulse (checked against the limits up front)."""
         return [StimCommand(0, tuple(sorted(e)), self.pulse) for e in self.stimulated_sets() if e]
 
+    def feedback_interval(self) -> tuple[float, str] | None:
+        """The shortest time between two feedback pulses and its field (None: the task gives no feedback)."""
+        return None
+
+    def shortest_pulse_interval(self) -> tuple[float, str] | None:
+        """Steps are at least `isi_s` apart, feedback pulses at least `feedback_interval()` (and the step after
+        feedback `isi_s` after its last pulse): the shorter bounds the rate on any electrode."""
+        candidates = [(float(self.config.isi_s), "isi_s")]
+        feedback = self.feedback_interval()
+        if feedback is not None:
+            candidates.append(feedback)
+        return min(candidates)
+
     @abstractmethod
     def stimulated_sets(self) -> Iterable[tuple[int, ...]]:
         """Every electrode set a trial of this task may stimulate (for the safety check before the run)."""
