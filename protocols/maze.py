@@ -184,6 +184,12 @@ class MazeConfig(ProtocolConfig):
         out["mea"] = None if self.mea is None else self.mea.to_dict()
         return out
 
+    def with_overrides(self, **values: Any) -> "MazeConfig":
+        """`--sessions N` asks for N episodes (an agent rig's; an MEA run lasts `mea.trials`)."""
+        if "sessions" in values:
+            values["episodes"] = values["sessions"]
+        return super().with_overrides(**values)
+
     def make_protocol(self, seed: int, sample_rate_hz: float) -> "MazeOnMea":
         self._mea()
         return MazeOnMea(self, seed, sample_rate_hz)

@@ -247,3 +247,12 @@ def test_a_task_faster_than_the_rig_allows_is_refused_before_the_run(tmp_path):
                   "--out", str(tmp_path / "x"), "--no-progress", check=False)
     assert proc.returncode != 0 and "field 'mea.feedback.min_interval_s'" in proc.stderr
     assert "allowed: at least 50 ms (max_rate_hz 20" in proc.stderr and not (tmp_path / "x").exists()
+
+
+def test_an_agent_run_is_not_exported_to_nwb_but_its_trials_are(tmp_path):
+    out = agent_run(tmp_path, "agent", extra=("episodes=1",))
+    proc = rigctl("export", "nwb", str(out), check=False)
+    assert proc.returncode == 2 and "has no electrodes or recordings" in proc.stderr and "Traceback" not in proc.stderr
+    rows = rigctl("export", "trials", str(out)).stdout.splitlines()
+    assert rows[0] == "session,trial,sample,phase,episode,step,action,row,col,gamma,reached"
+    assert len(rows) - 1 == len(read_trials(out))

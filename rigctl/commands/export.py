@@ -21,8 +21,14 @@ def _export_nwb(args: argparse.Namespace) -> int:
     from rigctl.export import load_run_info
     from rigctl.interop.nwb import export_nwb, inspect_nwb, severe
 
+    from rigctl.tasks.run_episodes import is_agent_run
+
     run_dir = Path(args.run_dir)
-    load_run_info(run_dir)  # a missing or non-run directory is one line before any optional import
+    info = load_run_info(run_dir)  # a missing or non-run directory is one line before any optional import
+    if is_agent_run(info):
+        raise RigctlError(f"{run_dir}: an agent rig's run ({info.meta.get('rig')}) has no electrodes or recordings "
+                          "to put in NWB; allowed: a run on an MEA rig (its steps: `rigctl export trials`, its "
+                          "episodes: `rigctl export episodes`)")
     out = Path(args.output) if args.output else run_dir / f"{run_dir.resolve().name}.nwb"
     path, warnings = export_nwb(run_dir, out)
     for text in warnings:
