@@ -28,7 +28,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str]:
     (["--chunk-ms", "inf"], "--chunk-ms: inf: allowed"),
     (["--stream", "garbage"], "--stream 'garbage': allowed: tcp://HOST:PORT"),
     (["--stream", "tcp://127.0.0.1:99999"], "--stream 'tcp://127.0.0.1:99999': allowed"),
-    (["--rig", "nonsense"], "--rig 'nonsense': allowed: sim, sim-events, or a rig file"),
+    (["--rig", "nonsense"], "--rig 'nonsense': allowed: sim, sim-events, canonical (the CB22 agent, for kind: maze), or a rig file"),
 ])
 def test_bad_flags_are_one_line(capsys, tmp_path, args, expected):
     code, err = run_cli(capsys, "isomura2023_bss", "--out", str(tmp_path / "r"), "--no-progress", *args)

@@ -30,6 +30,7 @@ SHORT = {  # each library protocol, shortened with --set
     "spontaneous": ["--set", "duration_s=5"],
     "cb22_maze": ["--rig", "canonical", "--set", "episodes=2", "--set", "max_steps=500"],  # the last --rig wins
     "cb22_maze_mea": ["--set", "mea.trials=40"],
+    "cb22_maze_mea_pulsepal": ["--set", "mea.trials=40"],
     "pong": ["--set", "trials=40"],
     "pong_rhs": ["--set", "trials=40"],
 }
