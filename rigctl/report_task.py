@@ -60,8 +60,14 @@ def maze_summary(info: RunInfo, protocol: dict[str, Any]) -> dict[str, Any]:
         **block_figures(counted),
         "steps": [r.steps for r in counted], "reached": [int(r.reached) for r in counted],
         "steps_moving_average": moving_average(np.array([r.steps for r in counted])),
-        "move_share": {m: round(float(t / max(1, totals.sum())), 4) for m, t in zip(MOVE_NAMES, totals)},
+        "move_share": _shares(totals),
+        "move_share_first10": _shares(moves[:BLOCK].sum(axis=0)),
+        "move_share_last10": _shares(moves[-BLOCK:].sum(axis=0)),
     }
+
+
+def _shares(counts: np.ndarray) -> dict[str, float]:
+    return {m: round(float(c / max(1, counts.sum())), 4) for m, c in zip(MOVE_NAMES, counts)}
 
 
 def _trajectory(info: RunInfo, episode: int) -> np.ndarray | None:
@@ -87,8 +93,13 @@ def plot_maze(summary: dict[str, Any], info: RunInfo, protocol: dict[str, Any], 
     ax.set(xlabel="episode", ylabel="steps", title=f"learning curve: success {task.get('success_first10', 0):.2f} -> "
                                                    f"{task.get('success_last10', 0):.2f} (first/last {BLOCK})")
     ax.legend(fontsize=8)
-    share = task["move_share"]
-    axes[1].bar(list(share), list(share.values()), color="tab:gray")
+    x = np.arange(len(MOVE_NAMES))
+    for offset, key, label in ((-0.2, "move_share_first10", f"first {BLOCK} episodes"),
+                               (0.2, "move_share_last10", f"last {BLOCK} episodes")):
+        axes[1].bar(x + offset, [task[key][m] for m in MOVE_NAMES], 0.4, label=label)
+    axes[1].set_xticks(x)
+    axes[1].set_xticklabels(MOVE_NAMES)
+    axes[1].legend(fontsize=8, loc="lower center")
     axes[1].set(ylabel="share of moves", title="action frequencies")
     maze = generate_maze(int(summary["seed"]), int(protocol["maze_rows"]), int(protocol["maze_cols"]))
     axes[2].imshow(maze, cmap="Greys", interpolation="nearest")
