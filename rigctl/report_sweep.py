@@ -32,9 +32,10 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def sweep_summary(sweep_dir: Path) -> dict[str, Any]:
-    """Per condition (parameters but the seed): points, complete points, and mean / SD / n of every figure."""
-    path = Path(sweep_dir) / RESULTS_FILE
+def sweep_summary(sweep_dir: Path, results_file: str = RESULTS_FILE, points_dir: str = POINTS_DIR) -> dict[str, Any]:
+    """Per condition (parameters but the seed): points, complete points, and mean / SD / n of every figure.
+    A plate's wells are read the same way (`results_file` plate.csv, `points_dir` wells)."""
+    path = Path(sweep_dir) / results_file
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
@@ -58,7 +59,7 @@ def sweep_summary(sweep_dir: Path) -> dict[str, Any]:
                 if value is not None:
                     entry["values"][column].append(value)
         if row["status"] == "complete":
-            entry.setdefault("runs", []).append(Path(sweep_dir) / POINTS_DIR / row["point"])
+            entry.setdefault("runs", []).append(Path(sweep_dir) / points_dir / row["point"])
     for entry in conditions.values():
         values = entry.pop("values")
         entry["figures"] = {c: _stats(v) for c, v in values.items() if v}

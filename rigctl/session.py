@@ -340,12 +340,31 @@ def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher,
     seed = int(meta["seed"])
     options = RunOptions(rig=meta["rig"], seed=seed, realtime=options.realtime or meta.get("realtime", False),
                          chunk_ms=meta.get("chunk_ms"), progress=options.progress)
-    rig = rig_factory(meta["rig"], seed=seed, drug=protocol.drug, realtime=options.realtime,
+    if options.rig in AGENT_RIGS:
+        rig = rig_factory(options.rig, seed=seed, drug=protocol.drug, realtime=options.realtime,
+                          chunk_ms=options.chunk_ms)
+        try:
+            _resume_agent_run(run_dir, lock, protocol, seed, rig, options)
+        finally:
+            rig.close()
+        return run_dir
+    run = reopen_run(run_dir, lock, protocol, options, publisher, rig_factory, control)
+    try:
+        _execute(run.runner, run.store, control)
+    finally:
+        run.rig.close()
+    return run_dir
+
+
+def reopen_run(run_dir: Path, lock: RunLock, protocol: ProtocolConfig, options: RunOptions, publisher=None,
+               rig_factory=open_rig, control=None) -> OpenRun:
+    """An interrupted run wired again, ready to go on: the rig reopened, every file cut to the checkpoint and the
+    runner's state restored (simulated rig), or the stored trials replayed through protocol and models (hardware);
+    the rest of the plan checked. `options` carry the run's rig, seed, realtime and chunk size (run.json)."""
+    seed = int(options.seed)
+    rig = rig_factory(options.rig, seed=seed, drug=protocol.drug, realtime=options.realtime,
                       chunk_ms=options.chunk_ms)
     try:
-        if rig.make_agent is not None:
-            _resume_agent_run(run_dir, lock, protocol, seed, rig, options)
-            return run_dir
         store = SessionStore.open_existing(run_dir, lock)
         plan, guarded = _guard(protocol, seed, rig)
         runner = _make_runner(plan, guarded, rig, store, options, publisher, control)
@@ -370,10 +389,10 @@ def _resume_locked(run_dir: Path, lock: RunLock, options: RunOptions, publisher,
             runner.steering.request("resume", "run --resume")
         store.append_event("resume", trials_done=runner.n_done)
         store.update_meta(status="running")
-        _execute(runner, store, control)
-    finally:
+    except BaseException:
         rig.close()
-    return run_dir
+        raise
+    return OpenRun(rig, plan, guarded, store, runner)
 
 
 def plan_shift_from_events(events: list[dict]) -> PlanShift:

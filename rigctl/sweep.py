@@ -225,9 +225,10 @@ class Outcome:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def write_results(sweep_dir: Path, outcomes: list[Outcome], param_keys: list[str]) -> Path:
+def write_results(sweep_dir: Path, outcomes: list[Outcome], param_keys: list[str],
+                  results_file: str = RESULTS_FILE) -> Path:
     """sweep.csv: one row per point, its parameters, status, run time and figures (atomically replaced)."""
-    path = Path(sweep_dir) / RESULTS_FILE
+    path = Path(sweep_dir) / results_file
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)

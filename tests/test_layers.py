@@ -1,7 +1,7 @@
 """One-way layers (issue 12, item 7), checked on the source with `ast` (no import-linter dependency).
 
 Layers, from the top:
-- composition root: `rigctl.cli`, `rigctl.commands.*`, `rigctl.session`, `rigctl.rigs`, `rigctl.rigfile`,
+- composition root: `rigctl.cli`, `rigctl.commands.*`, `rigctl.session`, `rigctl.plate_session`, `rigctl.rigs`, `rigctl.rigfile`,
   `rigctl.benchmarks.*`, `rigctl.gym.*` (the Gymnasium environment opens rigs): may import anything;
 - simulator: `rigctl.sim.*` (folder `sim/`): may import the core (e.g. the drivers' wire modules), not the root;
 - core: every other module of the package (types, errors, engine, protocol, loop, store, safety, signal,
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 COMPOSITION_ROOT = ("rigctl.cli", "rigctl.commands", "rigctl.session", "rigctl.rigs", "rigctl.rigfile",
-                    "rigctl.benchmarks", "rigctl.gym")
+                    "rigctl.benchmarks", "rigctl.gym", "rigctl.plate_session")
 SIM = ("rigctl.sim",)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rigctl.report import write_report
 
@@ -15,7 +16,15 @@ def _warn(message: str) -> None:
 def _report(args: argparse.Namespace) -> int:
     from rigctl.report_sweep import is_sweep_dir, write_sweep_report
 
-    path = write_sweep_report(args.run_dir) if is_sweep_dir(args.run_dir) else write_report(args.run_dir, warn=_warn)
+    from rigctl.plate_file import PLATE_META
+
+    if (Path(args.run_dir) / PLATE_META).is_file():
+        from rigctl.report_plate import write_plate_report
+        path = write_plate_report(args.run_dir)
+    elif is_sweep_dir(args.run_dir):
+        path = write_sweep_report(args.run_dir)
+    else:
+        path = write_report(args.run_dir, warn=_warn)
     print_task_figures(path)
     print(path)
     return 0

@@ -17,9 +17,14 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(rig=args.rig, seed=args.seed, sessions=args.sessions, drug=args.drug,
                          realtime=args.realtime, chunk_ms=args.chunk_ms, progress=not args.no_progress,
                          overrides=tuple(args.set))
+    t0 = time.monotonic()
+    from rigctl.plate_file import PLATE_META, is_plate_file
+
+    if (args.resume and (Path(args.resume) / PLATE_META).is_file()) or (
+            not args.resume and args.protocol and is_plate_file(args.protocol)):
+        return _run_plate(args, t0)
     publisher = _publisher(args)
     control = None
-    t0 = time.monotonic()
     try:
         control = _control_server(args)
         if args.resume:
@@ -45,6 +50,29 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def _run_plate(args: argparse.Namespace, t0: float) -> int:
+    """A plate file (kind: plate) or a plate directory: every well at once (rigctl.plate_session)."""
+    from rigctl.plate_session import resume_plate, start_plate
+    from rigctl.report_plate import write_plate_report
+
+    given = [flag for flag, value in (("--set", args.set), ("--seed", args.seed), ("--sessions", args.sessions),
+                                      ("--drug", args.drug), ("--stream", args.stream), ("--control", args.control),
+                                      ("--realtime", args.realtime), ("--chunk-ms", args.chunk_ms)) if value]
+    if given:
+        raise RigctlError(f"{', '.join(given)}: not for a plate; a plate file sets each well's seed, drug and "
+                          "fields (its conditions, `set` and `wells`)")
+    progress = not args.no_progress
+    if args.resume:
+        plate_dir = resume_plate(Path(args.resume), progress)
+    else:
+        plate_dir = start_plate(args.protocol, args.rig, args.out, progress)
+    print(f"plate complete in {time.monotonic() - t0:.1f} s: {plate_dir}", file=sys.stderr)
+    if not args.no_report:
+        print(f"report: {write_plate_report(plate_dir)}", file=sys.stderr)
+    print(plate_dir)
+    return 0
 
 
 def _publisher(args: argparse.Namespace):
@@ -98,7 +126,8 @@ def register(sub) -> None:
     p.add_argument("--rig", default="sim-events",
                    help="sim (voltage through the whole signal path), sim-events (the network's spike events, "
                         "fast), canonical (the CB22 canonical network as an agent, for kind: maze protocols), "
-                        "or a rig file rigs/<name>.yaml (default: sim-events)")
+                        "sim-plate / sim-plate-voltage (a simulated culture per well, for a plate file), or a rig "
+                        "file rigs/<name>.yaml (default: sim-events)")
     p.add_argument("--sessions", type=_argtypes.int_in(1, 100000), help="run only the first N sessions")
     p.add_argument("--seed", type=_argtypes.seed,
                    help="seed of the schedule and the simulated culture (default: the protocol's)")

@@ -1,0 +1,91 @@
+"""The report of a plate: each well's own report, plate.csv (a row per well: condition, seed, status, figures),
+plate_summary.json (per condition: mean and SD over its wells, as a sweep's) and plate.png (the wells on the
+plate, coloured by their ensemble separation, beside the per-condition figures)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rigctl.errors import StoreError
+from rigctl.figures import save_figure
+from rigctl.plate_file import PLATE_META, WELLS_DIR, Plate
+from rigctl.report import write_report
+from rigctl.report_sweep import sweep_summary
+from rigctl.store import load_run_meta
+from rigctl.sweep import Outcome, Point, point_figures, write_results
+
+RESULTS_FILE = "plate.csv"
+COLOUR_FIGURE = "separation_last10"
+
+
+def write_plate_report(plate_dir: Path) -> Path:
+    plate_dir = Path(plate_dir)
+    try:
+        meta = json.loads((plate_dir / PLATE_META).read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{plate_dir}: not a plate directory ({exc})") from None
+    plate = Plate.from_json(meta["plate"])
+    outcomes = []
+    for well in plate.wells:
+        run_dir = plate_dir / WELLS_DIR / well.name
+        status = "not run"
+        if (run_dir / "run.json").is_file():
+            status = str(load_run_meta(run_dir).get("status") or "not run")
+            write_report(run_dir)
+        outcomes.append(Outcome(Point(well.name, {"condition": well.condition, "seed": well.seed}), status,
+                                figures=point_figures(run_dir)))
+    write_results(plate_dir, outcomes, ["condition", "seed"], RESULTS_FILE)
+    summary = sweep_summary(plate_dir, RESULTS_FILE, WELLS_DIR)
+    summary["plate"] = {"name": plate.name, "rows": plate.rows, "cols": plate.cols, "status": meta.get("status"),
+                        "wells": {o.point.name: {"condition": o.point.params["condition"], "status": o.status,
+                                                 **{k: v for k, v in o.figures.items() if v is not None}}
+                                  for o in outcomes}}
+    path = plate_dir / "plate_summary.json"
+    try:
+        summary["plots"] = [p.name for p in plot_plate(summary, plate_dir)]
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"{plate_dir}: cannot write the plate report ({exc.strerror or exc})") from exc
+    return path
+
+
+def plot_plate(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = summary["plate"]
+    rows, cols = p["rows"], p["cols"]
+    grid = np.full((rows, cols), np.nan)
+    fig, axes = plt.subplots(1, 2, figsize=(6 + 1.3 * cols, 1.2 * rows + 2.5))
+    ax = axes[0]
+    for name, well in p["wells"].items():
+        r, c = ord(name[0]) - ord("A"), int(name[1:]) - 1
+        value = well.get(COLOUR_FIGURE)
+        grid[r, c] = np.nan if value is None else value
+        ax.text(c, r, f"{name}\n{well['condition'][:14]}\n{'-' if value is None else f'{value:.2f}'}",
+                ha="center", va="center", fontsize=6)
+    image = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0,
+                      vmax=np.nanmax(grid) if np.isfinite(grid).any() else 1)
+    fig.colorbar(image, ax=ax, label=COLOUR_FIGURE, shrink=0.8)
+    ax.set_xticks(range(cols))
+    ax.set_xticklabels([str(c + 1) for c in range(cols)])
+    ax.set_yticks(range(rows))
+    ax.set_yticklabels([chr(ord("A") + r) for r in range(rows)])
+    ax.set_title("wells: ensemble separation, sessions' last 10")
+    labels = list(summary["conditions"])
+    stats = [summary["conditions"][lab]["figures"].get(COLOUR_FIGURE) for lab in labels]
+    xs = [i for i, s in enumerate(stats) if s]
+    axes[1].errorbar(xs, [stats[i]["mean"] for i in xs], yerr=[stats[i]["sd"] for i in xs], fmt="o", capsize=4)
+    axes[1].set_xticks(range(len(labels)))
+    axes[1].set_xticklabels(labels, rotation=25, ha="right", fontsize=7)
+    axes[1].set(ylabel=COLOUR_FIGURE, title="per condition: mean ± SD over wells")
+    axes[1].grid(alpha=0.3)
+    return save_figure(fig, f"plate {p['name']} ({p['status']})", Path(out_dir) / "plate.png")
