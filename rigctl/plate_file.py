@@ -29,7 +29,7 @@ from pydantic import Field, StrictInt, StrictStr
 from rigctl.config import ConfigModel, located, parse, protocol_line
 from rigctl.errors import RigctlError
 from rigctl.protocol import DRUGS, load_protocol
-from rigctl.sweep import Point, point_name
+from rigctl.sweep import Point
 from rigctl.yamlcheck import load_located, show
 
 KIND = "plate"
@@ -104,6 +104,13 @@ def well_names(rows: int, cols: int) -> list[str]:
     return [f"{string.ascii_uppercase[r]}{c + 1}" for c in range(cols) for r in range(rows)]
 
 
+def condition_label(condition: dict[str, Any]) -> str:
+    """A condition as read on a plate map: its values, a protocol by its file's stem (`isomura2023_bss_mix0 none`)."""
+    values = [Path(v).stem if isinstance(v, str) and v.endswith((".yaml", ".yml")) else str(v)
+              for v in condition.values()]
+    return " ".join(values) or "default"
+
+
 def is_plate_file(path: str | Path) -> bool:
     """Whether `path` is a YAML file whose `kind` is `plate` (read bounded; anything unreadable is not)."""
     p = Path(path)
@@ -136,7 +143,7 @@ def load_plate(path: str | Path) -> Plate:
     for i, name in enumerate(names[:needed]):
         condition = model.conditions[i // model.replicates]
         params = {"seed": model.first_seed + i % model.replicates, **condition, **model.wells.get(name, {})}
-        wells.append(_well(doc, name, point_name(condition) if condition else "default", params, model, base))
+        wells.append(_well(doc, name, condition_label(condition), params, model, base))
     return Plate(path, model.name, model.layout.rows, model.layout.cols, wells)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,9 @@ def plot_plate(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         r, c = ord(name[0]) - ord("A"), int(name[1:]) - 1
         value = well.get(COLOUR_FIGURE)
         grid[r, c] = np.nan if value is None else value
-        ax.text(c, r, f"{name}\n{well['condition'][:14]}\n{'-' if value is None else f'{value:.2f}'}",
-                ha="center", va="center", fontsize=6)
+        label = "\n".join(textwrap.wrap(well["condition"], 14)[:3])
+        ax.text(c, r, f"{name}\n{label}\n{'-' if value is None else f'{value:.2f}'}", ha="center", va="center",
+                fontsize=6)
     image = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0,
                       vmax=np.nanmax(grid) if np.isfinite(grid).any() else 1)
     fig.colorbar(image, ax=ax, label=COLOUR_FIGURE, shrink=0.8)

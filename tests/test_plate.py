@@ -96,7 +96,7 @@ def test_a_killed_plate_resumes_every_well_to_the_same_bytes(tmp_path, small_pla
 @pytest.mark.parametrize("change, expected", [
     (("replicates: 2", "replicates: 3"), "2 conditions x 3 replicates = 6 wells; allowed: at most the layout's 4"),
     (("{drug: apv}", "{drug: caffeine}"), "well A2: drug 'caffeine'; allowed: none, bicuculline"),
-    (("{drug: apv}", "{mixing: 2}"), "well A2 (mixing-2):"),
+    (("{drug: apv}", "{mixing: 2}"), "well A2 (2):"),
     (("replicates: 2", "replicates: 2\nwells: {E9: {drug: apv}}"), "well 'E9'; allowed: A1 to B2"),
     (("layout: {rows: 2, cols: 2}", "layout: {rows: 2, cols: 99}"), "layout.cols"),
 ])
