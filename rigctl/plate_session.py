@@ -14,11 +14,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from rigctl.engine import Protocol
 from rigctl.errors import RigctlError, SafetyViolation, StoreError
 from rigctl.plate_file import PLATE_META, WELLS_DIR, Plate, PlateError, Well, load_plate
 from rigctl.protocol import load_protocol
@@ -27,6 +29,7 @@ from rigctl.session import OpenRun, RunOptions, _sigterm_as_interrupt, end_run, 
 from rigctl.store import RunLock, check_new_run_dir, load_run_meta
 
 PLATE_RIGS = {"sim-plate": "sim-events", "sim-plate-voltage": "sim"}
+WELL_SAMPLE_RATE_HZ = 25000.0  # the simulated wells' rate (the plan the plate's limit is checked on)
 MAX_STIMULATING_WELLS = 24  # the plate's limit: wells that may stimulate at one sample (one stimulator bank each)
 
 
@@ -55,7 +58,7 @@ def _well_protocol(well: Well):
 
 
 def start_plate(plate_ref: str | Path, rig: str, out: Path | None = None, progress: bool = True,
-                rig_factory: Callable[..., Any] = open_rig) -> Path:
+                rig_factory: Callable[..., Any] = open_rig, workers: int = 1) -> Path:
     plate = load_plate(plate_ref)
     well_rig = _well_rig(rig)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -65,45 +68,74 @@ def start_plate(plate_ref: str | Path, rig: str, out: Path | None = None, progre
         (out / WELLS_DIR).mkdir(parents=True)
     except OSError as exc:
         raise StoreError(f"{out}: cannot create the plate directory ({exc.strerror or exc})") from None
-    lock = RunLock.acquire(out)
-    try:
-        meta = {"plate": plate.to_json(), "rig": rig, "well_rig": well_rig, "status": "running",
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv)}
-        _write_meta(out, meta)
-        runs: list[tuple[Well, OpenRun]] = []
-        try:
-            for well in plate.wells:
-                options = RunOptions(rig=well_rig, seed=well.seed, drug=well.drug, progress=False)
-                runs.append((well, open_run(_well_protocol(well), options, out / WELLS_DIR / well.name,
-                                            rig_factory=rig_factory)))
-            _drive(out, meta, runs, progress)
-        finally:
-            for _, run in runs:
-                run.rig.close()
-    finally:
-        lock.release()
-    return out
+    meta = {"plate": plate.to_json(), "rig": rig, "well_rig": well_rig, "status": "running",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
+    return _run_plate(out, meta, progress, rig_factory, workers)
 
 
-def resume_plate(plate_dir: Path, progress: bool = True, rig_factory: Callable[..., Any] = open_rig) -> Path:
+def resume_plate(plate_dir: Path, progress: bool = True, rig_factory: Callable[..., Any] = open_rig,
+                 workers: int = 1) -> Path:
     """Every well not complete goes on from its checkpoint (or starts, if it was never created)."""
     plate_dir = Path(plate_dir)
+    return _run_plate(plate_dir, _read_meta(plate_dir), progress, rig_factory, workers)
+
+
+def _read_meta(plate_dir: Path) -> dict[str, Any]:
     try:
-        meta = json.loads((plate_dir / PLATE_META).read_text())
+        return json.loads((plate_dir / PLATE_META).read_text())
     except (OSError, ValueError) as exc:
         raise PlateError(f"{plate_dir}: not a plate directory ({exc})") from None
+
+
+def _run_plate(plate_dir: Path, meta: dict[str, Any], progress: bool, rig_factory: Callable[..., Any],
+               workers: int) -> Path:
+    """The plate's lock held throughout; the wells not complete run in this process, or split over `workers`
+    processes (each steps its wells in lockstep; wells do not interact in the simulation, so every well's data are
+    the same either way)."""
     lock = RunLock.acquire(plate_dir)
-    runs: list[tuple[Well, OpenRun]] = []
     try:
         plate = Plate.from_json(meta["plate"])
-        for well in plate.wells:
+        todo = [w for w in plate.wells if not _complete(plate_dir / WELLS_DIR / w.name)]
+        check_plate_limits([(w, _well_protocol(w).make_protocol(w.seed, WELL_SAMPLE_RATE_HZ)) for w in plate.wells])
+        meta["status"] = "running"
+        meta.pop("error", None)
+        _write_meta(plate_dir, meta)
+        _sigterm_as_interrupt()
+        error: BaseException | None = None
+        try:
+            if workers <= 1 or len(todo) <= 1:
+                drive_wells(plate_dir, meta, [w.name for w in todo], progress, rig_factory)
+            else:
+                _drive_in_workers(plate_dir, [w.name for w in todo], workers, progress)
+        except BaseException as exc:
+            error = exc
+        meta["status"] = "complete" if error is None else (
+            "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        if error is not None:
+            meta["error"] = f"{type(error).__name__}: {error}"
+        _write_meta(plate_dir, meta)
+        if error is not None:
+            raise error
+    finally:
+        lock.release()
+    return plate_dir
+
+
+def _complete(well_dir: Path) -> bool:
+    return (well_dir / "run.json").is_file() and load_run_meta(well_dir).get("status") == "complete"
+
+
+def drive_wells(plate_dir: Path, meta: dict[str, Any], names: list[str], progress: bool,
+                rig_factory: Callable[..., Any] = open_rig) -> None:
+    """Open (or reopen at their checkpoints) the named wells and drive them in lockstep to their end."""
+    plate = Plate.from_json(meta["plate"])
+    runs: list[tuple[Well, OpenRun]] = []
+    try:
+        for well in (w for w in plate.wells if w.name in set(names)):
             well_dir = plate_dir / WELLS_DIR / well.name
             options = RunOptions(rig=meta["well_rig"], seed=well.seed, drug=well.drug, progress=False)
             if not (well_dir / "run.json").is_file():
                 runs.append((well, open_run(_well_protocol(well), options, well_dir, rig_factory=rig_factory)))
-                continue
-            if load_run_meta(well_dir).get("status") == "complete":
                 continue
             well_lock = RunLock.acquire(well_dir)
             try:
@@ -112,25 +144,43 @@ def resume_plate(plate_dir: Path, progress: bool = True, rig_factory: Callable[.
             except BaseException:
                 well_lock.release()
                 raise
-        meta["status"] = "running"
-        _write_meta(plate_dir, meta)
-        _drive(plate_dir, meta, runs, progress)
+        _drive(runs, progress)
     finally:
         for _, run in runs:
             run.rig.close()
-        lock.release()
-    return plate_dir
 
 
-def check_plate_limits(runs: list[tuple[Well, OpenRun]]) -> None:
-    """The plate's own limit, over its open-loop wells' whole plans: at most MAX_STIMULATING_WELLS wells pulse at
-    one sample (a plate's stimulators share a power and trigger bank)."""
+def _drive_in_workers(plate_dir: Path, names: list[str], workers: int, progress: bool) -> None:
+    """`workers` processes (`python -m rigctl.plate_session PLATE_DIR WELLS`), each killed with this one."""
+    from rigctl.sweep import _die_with_parent
+
+    groups = [names[i::workers] for i in range(workers)]
+    procs = [subprocess.Popen([sys.executable, "-m", "rigctl.plate_session", str(plate_dir), ",".join(g),
+                               "progress" if progress else "quiet"], stdin=subprocess.DEVNULL,
+                              preexec_fn=_die_with_parent) for g in groups if g]
+    try:
+        codes = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            p.terminate()  # SIGTERM: each worker stops its wells cleanly (interrupted, resumable)
+        for p in procs:
+            p.wait()
+        raise
+    failed = [", ".join(g) for g, code in zip(groups, codes) if code != 0]
+    if failed:
+        raise RigctlError(f"the plate's worker for wells {'; '.join(failed)} failed (exit "
+                          f"{[c for c in codes if c != 0]}); the wells' run.json say why; `rigctl run --resume "
+                          f"{plate_dir}` continues")
+
+
+def check_plate_limits(plans: list[tuple[Well, Protocol]]) -> None:
+    """The plate's own limit, over its open-loop wells' whole plans (checked before any well starts): at most
+    MAX_STIMULATING_WELLS wells pulse at one sample (a plate's stimulators share a power and trigger bank)."""
     wells_at: dict[int, int] = {}
-    for _, run in runs:
-        plan = run.plan
+    for _, plan in plans:
         if not plan.open_loop:
             continue
-        for i in range(run.runner.next_to_schedule, plan.n_trials):
+        for i in range(plan.n_trials):
             t = plan.trial(i, 0)
             if t.command is not None:
                 wells_at[t.command.sample] = wells_at.get(t.command.sample, 0) + 1
@@ -140,14 +190,13 @@ def check_plate_limits(runs: list[tuple[Well, OpenRun]]) -> None:
                               "(the plate's limit)")
 
 
-def _drive(plate_dir: Path, meta: dict[str, Any], runs: list[tuple[Well, OpenRun]], progress: bool) -> None:
+def _drive(runs: list[tuple[Well, OpenRun]], progress: bool) -> None:
     """Lockstep: one chunk of every running well per round; a fault stops every well in its safe state."""
-    check_plate_limits(runs)
-    _sigterm_as_interrupt()
     total = sum(run.plan.n_trials for _, run in runs)
     error: BaseException | None = None
     started: list[OpenRun] = []
     wall0, next_report = time.monotonic(), 0.1
+    names = ",".join(w.name for w, _ in runs)
     try:
         for _, run in runs:
             run.runner.start()
@@ -159,8 +208,8 @@ def _drive(plate_dir: Path, meta: dict[str, Any], runs: list[tuple[Well, OpenRun
             active = [run for run in active if run.runner.running()]
             done = sum(run.runner.n_done for run in started)
             if progress and total and done / total >= next_report:
-                print(f"plate: {len(started) - len(active)}/{len(started)} wells done, {done}/{total} trials, "
-                      f"{time.monotonic() - wall0:.0f} s", file=sys.stderr, flush=True)
+                print(f"plate wells {names[:40]}: {len(started) - len(active)}/{len(started)} done, {done}/{total} "
+                      f"trials, {time.monotonic() - wall0:.0f} s", file=sys.stderr, flush=True)
                 next_report = int(done / total * 10 + 1) / 10
     except BaseException as exc:
         error = exc
@@ -170,13 +219,26 @@ def _drive(plate_dir: Path, meta: dict[str, Any], runs: list[tuple[Well, OpenRun
         for run in started:
             run.runner.stop()
             run.runner.stim.safe_state()
-    for well, run in runs:
+    for _, run in runs:
         finished = error is None or not run.runner.running()
         end_run(run.runner, run.store, None if finished else error)
-    meta["status"] = "complete" if error is None else (
-        "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
-    if error is not None:
-        meta["error"] = f"{type(error).__name__}: {error}"
-    _write_meta(plate_dir, meta)
     if error is not None:
         raise error
+
+
+def _worker_main(argv: list[str]) -> int:
+    """`python -m rigctl.plate_session PLATE_DIR A1,B1,... progress|quiet`: one worker of a plate."""
+    plate_dir, names, mode = Path(argv[0]), argv[1].split(","), argv[2]
+    _sigterm_as_interrupt()
+    try:
+        drive_wells(plate_dir, _read_meta(plate_dir), names, mode == "progress")
+    except KeyboardInterrupt:
+        return 130
+    except RigctlError as exc:
+        print(f"rigctl plate worker: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -23,6 +23,8 @@ def _run(args: argparse.Namespace) -> int:
     if (args.resume and (Path(args.resume) / PLATE_META).is_file()) or (
             not args.resume and args.protocol and is_plate_file(args.protocol)):
         return _run_plate(args, t0)
+    if args.workers != 1:
+        raise RigctlError("--workers: only for a plate file (kind: plate) or a plate directory")
     publisher = _publisher(args)
     control = None
     try:
@@ -65,9 +67,9 @@ def _run_plate(args: argparse.Namespace, t0: float) -> int:
                           "fields (its conditions, `set` and `wells`)")
     progress = not args.no_progress
     if args.resume:
-        plate_dir = resume_plate(Path(args.resume), progress)
+        plate_dir = resume_plate(Path(args.resume), progress, workers=args.workers)
     else:
-        plate_dir = start_plate(args.protocol, args.rig, args.out, progress)
+        plate_dir = start_plate(args.protocol, args.rig, args.out, progress, workers=args.workers)
     print(f"plate complete in {time.monotonic() - t0:.1f} s: {plate_dir}", file=sys.stderr)
     if not args.no_report:
         print(f"report: {write_plate_report(plate_dir)}", file=sys.stderr)
@@ -135,7 +137,9 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, help="run directory to create (default: runs/<protocol>-seed<N>-<time>)")
     p.add_argument("--realtime", action="store_true", help="pace the simulated rig to the wall clock")
     p.add_argument("--chunk-ms", type=_argtypes.chunk_ms, help="chunk length of the simulated rig in ms (0.1 to 10000)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (or plate)")
+    p.add_argument("--workers", type=_argtypes.int_in(1, 64), default=1,
+                   help="a plate only: split its wells over N processes (default 1: one process, one clock)")
     p.add_argument("--stream", metavar="ENDPOINT", help="publish trials and session results on a ZMQ PUB socket "
                                                        "(e.g. tcp://127.0.0.1:5600)")
     p.add_argument("--stream-curve", action="store_true",
