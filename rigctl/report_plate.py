@@ -68,14 +68,18 @@ def plot_plate(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(6 + 1.3 * cols, 1.2 * rows + 2.5))
     ax = axes[0]
     for name, well in p["wells"].items():
-        r, c = ord(name[0]) - ord("A"), int(name[1:]) - 1
         value = well.get(COLOUR_FIGURE)
-        grid[r, c] = np.nan if value is None else value
+        grid[ord(name[0]) - ord("A"), int(name[1:]) - 1] = np.nan if value is None else value
+    finite = np.isfinite(grid).any()
+    lo, hi = (float(np.nanmin(grid)), float(np.nanmax(grid))) if finite else (0.0, 1.0)
+    image = ax.imshow(grid, cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-9)
+    for name, well in p["wells"].items():
+        r, c = ord(name[0]) - ord("A"), int(name[1:]) - 1
+        value = grid[r, c]
         label = "\n".join(textwrap.wrap(well["condition"], 14)[:3])
-        ax.text(c, r, f"{name}\n{label}\n{'-' if value is None else f'{value:.2f}'}", ha="center", va="center",
-                fontsize=6)
-    image = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0,
-                      vmax=np.nanmax(grid) if np.isfinite(grid).any() else 1)
+        dark = not np.isfinite(value) or (value - lo) < 0.6 * (hi - lo)  # white on the dark end of viridis
+        ax.text(c, r, f"{name}\n{label}\n{'-' if not np.isfinite(value) else f'{value:.2f}'}", ha="center",
+                va="center", fontsize=6, color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label=COLOUR_FIGURE, shrink=0.8)
     ax.set_xticks(range(cols))
     ax.set_xticklabels([str(c + 1) for c in range(cols)])
