@@ -14,7 +14,7 @@ from rigctl.session import RunOptions, resume_run, start_run
 
 
 def _run(args: argparse.Namespace) -> int:
-    options = RunOptions(rig=args.rig, seed=args.seed, sessions=args.sessions, drug=args.drug,
+    options = RunOptions(rig=args.rig or "sim-events", seed=args.seed, sessions=args.sessions, drug=args.drug,
                          realtime=args.realtime, chunk_ms=args.chunk_ms, progress=not args.no_progress,
                          overrides=tuple(args.set))
     t0 = time.monotonic()
@@ -69,7 +69,7 @@ def _run_plate(args: argparse.Namespace, t0: float) -> int:
     if args.resume:
         plate_dir = resume_plate(Path(args.resume), progress, workers=args.workers)
     else:
-        plate_dir = start_plate(args.protocol, args.rig, args.out, progress, workers=args.workers)
+        plate_dir = start_plate(args.protocol, args.rig or "sim-plate", args.out, progress, workers=args.workers)
     print(f"plate complete in {time.monotonic() - t0:.1f} s: {plate_dir}", file=sys.stderr)
     if not args.no_report:
         print(f"report: {write_plate_report(plate_dir)}", file=sys.stderr)
@@ -125,11 +125,11 @@ def register(sub) -> None:
     p.add_argument("protocol", nargs="?", metavar="PROTOCOL",
                    help="protocol YAML path or library name (e.g. isomura2023_bss, isomura2023_bss_mix0)")
     add_set_argument(p)
-    p.add_argument("--rig", default="sim-events",
+    p.add_argument("--rig", default=None,
                    help="sim (voltage through the whole signal path), sim-events (the network's spike events, "
                         "fast), canonical (the CB22 canonical network as an agent, for kind: maze protocols), "
                         "sim-plate / sim-plate-voltage (a simulated culture per well, for a plate file), or a rig "
-                        "file rigs/<name>.yaml (default: sim-events)")
+                        "file rigs/<name>.yaml (default: sim-events; sim-plate for a plate file)")
     p.add_argument("--sessions", type=_argtypes.int_in(1, 100000), help="run only the first N sessions")
     p.add_argument("--seed", type=_argtypes.seed,
                    help="seed of the schedule and the simulated culture (default: the protocol's)")
