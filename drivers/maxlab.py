@@ -454,6 +454,7 @@ class MaxLab(Amplifier, Stimulator):
                         self._powered.clear()
                 except DeviceError as exc:
                     problems.append(str(exc))
+                    break  # unreachable or silent: the next command would only wait as long again
                 except Exception as exc:  # never raise into a fault handler
                     problems.append(f"{type(exc).__name__}: {exc}")
             self.safe_state_verified = not problems

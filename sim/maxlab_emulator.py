@@ -21,7 +21,7 @@ vendored public copies; the ZMQ stream as community code reads it):
 Time: accelerated (default) publishes with back-pressure (XPUB, no drops) once a subscriber is there;
 with `clock` (the reading driver's frame position, in-process rigs) it also stays at most `lead_s` ahead
 of it, and "now" for `sequence_send` is that clock, so a pulse lands on the sample the driver aimed at.
-Without `clock`, "now" is the next frame to publish. `realtime=True` paces frames to the wall clock and
+Without `clock`, "now" is the first frame the culture can still be stimulated at. `realtime=True` paces frames to the wall clock and
 drops for slow subscribers like a PUB socket.
 """
 
@@ -128,6 +128,7 @@ class MaxLabEmulator:
         self._noise = (rng.standard_normal((2000, self.n_stream)) * noise_uV).astype(np.float32)
         self._noise[:, self.columns] = 0.0
         self.frame = int(backend.now_sample)  # next frame to publish
+        self._frontier = self.frame  # pulses before this frame can no longer reach the culture
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -358,12 +359,14 @@ class MaxLabEmulator:
 
     # ---- stimulation ---------------------------------------------------------------------------------------------
     def now(self) -> int:
-        """The frame a sequence sent now starts at."""
+        """The frame a sequence sent now starts at: the client's clock if given, else the earliest frame the
+        culture can still be stimulated at (the next frame to publish, or later if the culture has already
+        simulated past it)."""
         if self.clock is not None:
             c = self.clock()
             if c is not None:
                 return int(c)
-        return self.frame
+        return max(self.frame, self._frontier)
 
     def _push(self, sample: int, kind: str, args: tuple) -> None:
         self._order += 1
@@ -419,6 +422,7 @@ class MaxLabEmulator:
 
     def deliver(self, until: int) -> None:
         """Hand the culture every pulse starting before `until` (unit states as they are at its onset)."""
+        self._frontier = max(self._frontier, until)
         due = sorted(e for e in self._events if e.sample < until)
         if not due:
             return
