@@ -112,6 +112,7 @@ class MaxLab(Amplifier, Stimulator):
         self.faulted: str | None = None
         self.safe_state_verified = True
         self.safe_state_problem = ""
+        self._generation = 0  # bumped by every safe state: an arming interrupted by one stops sending
         if connect:
             self.connect()
 
@@ -301,6 +302,8 @@ class MaxLab(Amplifier, Stimulator):
             if abs(n - round(n)) > 1e-9 or (name != "interphase_us" and round(n) < 1):
                 raise DeviceError(f"MaxLab {name}={us:g}; allowed: whole samples of 50 µs (system_delay_samples)"
                                   + ("" if name == "interphase_us" else ", at least one"))
+        if not self.lsb_mV:
+            raise DeviceError("MaxLab: not connected (the DAC step is read on connect)")
         top = mw.DAC_ZERO - 1
         for name, a in (("phase1_amplitude", p.phase1_amplitude), ("phase2_amplitude", p.phase2_amplitude)):
             if abs(self._steps(a)) > top:
@@ -414,10 +417,17 @@ class MaxLab(Amplifier, Stimulator):
             raise self._fault(f"stimulation unit(s) {sorted(busy_units & set(units))} already drive another pulse")
         dac = dacs[0]
         p = cmd.pulse
+        generation = self._generation
+
+        def send(text: str) -> str:  # a safe state from another thread meanwhile ends this arming
+            if self._generation != generation:
+                raise self._fault(f"the pulse at sample {cmd.sample} was aborted while it was being armed")
+            return self.command(text)
+
         self._powered.update(units)  # before the bytes go out: a lost reply must not hide a power-up
         for u in units:
-            self.command(mw.set_stimulation_unit(u, True, True, dac=dac))
-        token = self._parsed(mw.parse_token, self.command("sequence_new"))
+            send(mw.set_stimulation_unit(u, True, True, dac=dac))
+        token = self._parsed(mw.parse_token, send("sequence_new"))
         steps = [mw.delay_samples(lead),
                  mw.set_dac(dac, mw.DAC_ZERO - self._steps(p.phase1_amplitude)),
                  mw.delay_samples(self._samples(p.phase1_us))]
@@ -426,8 +436,8 @@ class MaxLab(Amplifier, Stimulator):
         steps += [mw.set_dac(dac, mw.DAC_ZERO - self._steps(p.phase2_amplitude)),
                   mw.delay_samples(self._samples(p.phase2_us)), mw.set_dac(dac, mw.DAC_ZERO)]
         for s in steps:
-            self.command(mw.sequence_append(token, s))
-        self.command(f"sequence_send {token}")
+            send(mw.sequence_append(token, s))
+        send(f"sequence_send {token}")
         self.command(f"sequence_delete {token}")
         self._armed.append(_Armed(cmd, dac, units, self._end(cmd)))
         self.triggers_sent += 1
@@ -441,8 +451,10 @@ class MaxLab(Amplifier, Stimulator):
 
     def safe_state(self) -> None:
         """Drop queued and armed pulses, power every unit down and the DACs to 512. Never raises."""
+        self._generation += 1
         locked = self._lock.acquire(timeout=self.timeout_s)
         try:
+            self._generation += 1
             self._queue = []
             self._armed = []
             problems = []

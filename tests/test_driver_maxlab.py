@@ -123,6 +123,18 @@ def test_pulses_land_on_the_commanded_samples_through_the_spec_commands(setup):
     assert drv.triggers_sent == 2 and drv.pending == 0
 
 
+def test_abort_after_the_sequence_is_on_the_hub_leaves_its_dac_steps_on_no_electrode(setup):
+    backend, emu, drv = setup
+    drv.start()
+    run(drv, 400)
+    drv.schedule(StimCommand(4000, (1, 2), PULSE))
+    assert "sequence_send seq1" in emu.commands and drv.pending == 0  # armed: the hub holds it
+    drv.abort()
+    assert drv.safe_state_verified and _all_down(emu)
+    run(drv, 8000)
+    assert backend.got == [] and emu.delivered == [] and emu.errors == []
+
+
 def test_delivered_pulse_is_on_the_dac_grid(setup):
     _, _, drv = setup
     assert drv.delivered_pulse(BiphasicPulse.symmetric(1000.0, 200.0, "mV")) == PULSE  # 344.8 -> 345 steps
