@@ -125,7 +125,8 @@ class MaxLabEmulator:
         self.on_pulse: Callable[[StimCommand], None] | None = None
         self._index_of_mea = {e: i for i, e in enumerate(self.electrodes)}
         rng = np.random.default_rng(seed)
-        self._noise = (rng.standard_normal((2000, self.n_stream)) * noise_uV).astype(np.float32)
+        rows = max(256, min(2000, 4_000_000 // self.n_stream))  # a repeating block: a few MB at most
+        self._noise = (rng.standard_normal((rows, self.n_stream), dtype=np.float32) * np.float32(noise_uV))
         self._noise[:, self.columns] = 0.0
         self.frame = int(backend.now_sample)  # next frame to publish
         self._frontier = self.frame  # pulses before this frame can no longer reach the culture
