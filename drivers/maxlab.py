@@ -97,7 +97,8 @@ class MaxLab(Amplifier, Stimulator):
         self.lsb_mV = 0.0
         self.ctx = zmq.Context.instance()
         self._sub: zmq.Socket | None = None
-        self._buf = np.empty((0, len(self.channels)), np.float32)
+        self._parts: list[np.ndarray] = []  # kept columns of frames received, not yet returned
+        self._n_buffered = 0
         self._next_frame: int | None = None
         self.frame0: int | None = None
         self.clock = 0  # one past the last sample returned by read()
@@ -234,7 +235,7 @@ class MaxLab(Amplifier, Stimulator):
             sub.close(0)
             raise self._fault(f"cannot subscribe to {url} ({exc})") from exc
         self._sub = sub
-        self._buf = np.empty((0, len(self.channels)), np.float32)
+        self._parts, self._n_buffered = [], 0
         self._next_frame = None
         self.frame0 = None
         self.clock = 0
@@ -245,11 +246,16 @@ class MaxLab(Amplifier, Stimulator):
             self._sub = None
 
     def _receive(self, deadline: float, wait_s: float) -> None:
-        left = deadline - time.monotonic()
+        """Take one message (waiting at most until `deadline`) into the buffer of kept columns."""
         try:
-            if left <= 0 or not self._sub.poll(max(1, math.ceil(left * 1000)), zmq.POLLIN):
-                raise self._fault(f"no data for {wait_s} s on the raw stream (MaxLab stopped or not streaming)")
-            parts = self._sub.recv_multipart(copy=True)
+            try:
+                parts = self._sub.recv_multipart(zmq.NOBLOCK)  # at 20 kHz a message is usually waiting
+            except zmq.Again:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._sub.poll(max(1, math.ceil(left * 1000)), zmq.POLLIN):
+                    raise self._fault(f"no data for {wait_s} s on the raw stream (MaxLab stopped or not "
+                                      "streaming)") from None
+                parts = self._sub.recv_multipart()
         except zmq.ZMQError as exc:
             raise self._fault(f"data socket failed ({exc})") from exc
         try:
@@ -263,21 +269,24 @@ class MaxLab(Amplifier, Stimulator):
         if self.frame0 is None:
             self.frame0 = first
         self._next_frame = first + len(frames)
-        kept = frames[:, self.channels]
-        if not np.all(np.isfinite(kept)):
-            row, col = np.argwhere(~np.isfinite(kept))[0]
-            raise self._fault(f"channel {self.channels[col]} frame {first + row} is {kept[row, col]} "
-                              "(not a finite value)")
-        self._buf = kept if not len(self._buf) else np.concatenate([self._buf, kept])
+        self._parts.append(frames[:, self.channels])
+        self._n_buffered += len(frames)
 
     def read(self) -> Chunk:
         if self._sub is None:
             raise self._fault("read() before start()")
         wait_s = self.timeout_s if self.frame0 is not None else max(self.timeout_s, START_TIMEOUT_S)
         deadline = time.monotonic() + wait_s
-        while len(self._buf) < self.chunk_samples:
+        while self._n_buffered < self.chunk_samples:
             self._receive(deadline, wait_s)
-        out, self._buf = self._buf[:self.chunk_samples], self._buf[self.chunk_samples:]
+        kept = self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
+        out, rest = kept[:self.chunk_samples], kept[self.chunk_samples:]
+        self._parts = [rest] if len(rest) else []
+        self._n_buffered = len(rest)
+        if not np.all(np.isfinite(out)):
+            row, col = np.argwhere(~np.isfinite(out))[0]
+            raise self._fault(f"channel {self.channels[col]} frame {self.frame0 + self.clock + row} is "
+                              f"{out[row, col]} (not a finite value)")
         scale = self.uV_per_unit / self._uV_per_bit
         raw = np.rint(out.astype(np.float64) * scale)
         clipped = (raw > 32767) | (raw < -32768)
