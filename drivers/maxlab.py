@@ -318,6 +318,10 @@ class MaxLab(Amplifier, Stimulator):
             if abs(self._steps(a)) > top:
                 raise DeviceError(f"MaxLab {name}={a:g} mV; allowed: -{top * self.lsb_mV:g} to {top * self.lsb_mV:g} "
                                   f"mV ({top} DAC steps of {self.lsb_mV:g} mV)")
+        s1, s2 = self._steps(p.phase1_amplitude), self._steps(p.phase2_amplitude)
+        if s1 * s2 >= 0:
+            raise DeviceError(f"MaxLab phases {p.phase1_amplitude:g}/{p.phase2_amplitude:g} mV; allowed: two phases of "
+                              f"opposite sign, each at least one DAC step ({self.lsb_mV:g} mV)")
         if len(command.electrodes) > mw.N_STIM_UNITS:
             raise DeviceError(f"MaxLab: {len(command.electrodes)} electrodes in one command; allowed: at most "
                               f"{mw.N_STIM_UNITS} (stimulation units on the chip)")

@@ -167,6 +167,7 @@ def test_more_electrodes_than_units_are_refused_before_anything_is_sent():
     (BiphasicPulse.symmetric(10.0, 200.0, "uA"), "allowed: 'mV'"),
     (BiphasicPulse.symmetric(1600.0, 200.0, "mV"), "allowed: -1481.9 to 1481.9 mV (511 DAC steps of 2.9 mV)"),
     (BiphasicPulse.symmetric(500.0, 120.0, "mV"), "whole samples of 50 µs"),
+    (BiphasicPulse(-1.0, 200.0, 1.0, 200.0, 0.0, "mV"), "each at least one DAC step (2.9 mV)"),
 ])
 def test_unrepresentable_pulses_are_refused_before_anything_is_sent(setup, pulse, message):
     _, emu, drv = setup
