@@ -54,6 +54,7 @@ class MaxLabFaults:
     stalled: bool = False  # the stream stops (the server keeps answering commands)
     skip_frames_next: int = 0  # frames left out of the stream once (what a PUB drop looks like)
     garbage_next: list[bytes] | None = None  # published instead of the next data message
+    nan_next: bool = False  # the next message's first culture sample is NaN (a corrupt value)
     extra: dict = field(default_factory=dict)
 
 
@@ -495,6 +496,9 @@ class MaxLabEmulator:
                         return
                     buf = np.concatenate([buf, data.astype(np.float32) * scale])
                 frames = self._frames(buf[:k], self.frame)
+                if self.faults.nan_next:
+                    self.faults.nan_next = False
+                    frames[0, self.columns[0]] = np.nan
                 buf = buf[k:]
                 first = self.frame
                 self.frame += k

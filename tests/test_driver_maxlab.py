@@ -258,6 +258,7 @@ def test_server_gone_is_a_device_error_naming_the_cause(setup):
     (("skip_frames_next", 1), "frame number jumped from .*: 1 frame\\(s\\) lost"),
     (("garbage_next", [b"\x01\x02", b"xyz"]), "malformed data message: a frame number of 2 bytes"),
     (("garbage_next", [bytes(8), bytes(13)]), "a payload of 13 bytes"),
+    (("nan_next", True), "channel 3 frame [0-9]+ is nan \\(not a finite value\\)"),
 ])
 def test_stream_faults_are_device_errors(setup, fault, message):
     _, emu, drv = setup
