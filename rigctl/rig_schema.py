@@ -114,6 +114,54 @@ class OpenEphysAmplifier(ConfigModel):
     emulator: OpenEphysEmulator = spec(OpenEphysEmulator(), about="a mapping: sample_rate_hz, block_samples")
 
 
+def _int_list(raw: Any, what: str) -> list[int] | None:
+    """A list of integers >= 0, or ranges like `0..63, 100..131` (inclusive); `what` names them in errors."""
+    if raw is None:
+        return None
+    allowed = f"a list of {what} (integers >= 0) or ranges like '0..63, 100..131'"
+    out: list[int] = []
+    for part in raw if isinstance(raw, list) else str(raw).split(","):
+        if isinstance(part, int) and not isinstance(part, bool) and part >= 0:
+            out.append(part)
+            continue
+        text = str(part).strip()
+        lo, sep, hi = text.partition("..")
+        if not (lo.strip().isdigit() and (not sep or hi.strip().isdigit())) or (sep and int(hi) < int(lo)):
+            raise refusal(allowed, value=part)
+        out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    if len(set(out)) != len(out):
+        raise refusal(f"each of the {what} once")
+    return out
+
+
+class MaxLabEmulator(ConfigModel):
+    frames_per_message: int = spec(1, ge=1, le=20000, about="frames per ZMQ message, 1 to 20000 (1 = what "
+                                                              "MaxLab is seen to send; more = faster rehearsal)")
+    lsb_mV: float = spec(2.9, gt=0, le=100, about="the DAC step the emulated server reports, mV (> 0, <= 100)")
+
+
+class MaxLabAmplifier(ConfigModel):
+    """MaxWell MaxLab Live: commands on its TCP port (7215), data from its raw ZMQ stream (7204)."""
+
+    driver: Literal["maxlab"]
+    host: str = spec(about=f"the MaxLab computer's address (127.0.0.1 on the same machine) or '{EMULATE}'")
+    command_port: int = spec(7215, ge=0, le=65535, about="MXW_BASE_PORT + 15 (0-65535)", allowed=PORT)
+    data_port: int = spec(7204, ge=0, le=65535, about="the raw stream's ZMQ port (0-65535)", allowed=PORT)
+    wells: Literal[1, 6] = spec(1, about="1 (MaxOne) or 6 (MaxTwo)")
+    channels_per_well: int = spec(1024, ge=1, le=1024, about="routed channels per well in the stream, 1 to 1024")
+    channels: Annotated[Any, AfterValidator(lambda v: _int_list(v, "stream columns"))] = spec(
+        about="electrode i = the i-th stream column (well * channels_per_well + channel)")
+    electrodes: Annotated[Any, AfterValidator(lambda v: _int_list(v, "MEA electrode numbers"))] = spec(
+        None, about="MEA electrode number (0..26399) of each rig electrode, for stimulation and the layout")
+    uV_per_unit: float = spec(1.0, gt=0, about="µV per stream value, > 0 [unverified: check on the installed MaxLab]")
+    uV_per_bit: float = spec(0.195, gt=0, about="µV per int16 step the stream is quantised to, > 0")
+    chunk_ms: float = spec(10.0, ge=0.05, le=1000, about="chunk length, 0.05 to 1000 ms")
+    timeout_s: float = spec(1.0, gt=0, le=60, about=SECONDS, allowed=SECONDS)
+    arm_ahead_ms: float = spec(200.0, ge=5, le=10000, about="send a pulse's sequence this early, 5 to 10000 ms")
+    trigger_latency_ms: float = spec(0.0, ge=0, about=LATENCY, allowed=LATENCY)
+    emulator: MaxLabEmulator = spec(MaxLabEmulator(), about="a mapping: frames_per_message, lsb_mV")
+
+
 class PlaybackAmplifier(ConfigModel):
     """Another system's recording played chunk by chunk like a live amplifier (rigctl.interop.recording)."""
 
@@ -146,14 +194,20 @@ class RhxStimulator(ConfigModel):
     driver: Literal["rhx"]
 
 
+class MaxLabStimulator(ConfigModel):
+    """MaxLab's own stimulation units (only with `amplifier.driver: maxlab`)."""
+
+    driver: Literal["maxlab"]
+
+
 class NoStimulator(ConfigModel):
     """A recording-only rig."""
 
     driver: Literal["none"]
 
 
-Amplifier = Union[SimAmplifier, RhxAmplifier, OpenEphysAmplifier, PlaybackAmplifier]
-Stimulator = Union[PulsePalStimulator, RhxStimulator, NoStimulator]
+Amplifier = Union[SimAmplifier, RhxAmplifier, OpenEphysAmplifier, MaxLabAmplifier, PlaybackAmplifier]
+Stimulator = Union[PulsePalStimulator, RhxStimulator, MaxLabStimulator, NoStimulator]
 SECTION = "a mapping with at least 'driver'"
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 from rigctl.config import located, parse
 from rigctl.errors import RigctlError
-from rigctl.rig_schema import (EMULATE, OpenEphysAmplifier, PlaybackAmplifier, PulsePalStimulator, RhxAmplifier,
+from rigctl.rig_schema import (EMULATE, MaxLabAmplifier, MaxLabStimulator, OpenEphysAmplifier, PlaybackAmplifier, PulsePalStimulator, RhxAmplifier,
                                RhxStimulator, RigFile, SimAmplifier, rig_line)
 from rigctl.safety import SafetyConfigError, SafetyLimits
 from rigctl.yamlcheck import LocatedDoc, load_located
@@ -203,6 +203,69 @@ def _build_rhx_stimulator(ctx: Ctx, sec: RhxStimulator, amp, closers: list) -> t
     return amp, {"driver": "rhx", "stim_step_uA": amp.step_uA}
 
 
+def _build_maxlab_amplifier(ctx: Ctx, sec: MaxLabAmplifier, closers: list) -> tuple[Any, dict]:
+    from rigctl.drivers import _maxlab_wire as mw
+    from rigctl.drivers.maxlab import MaxLab
+    from rigctl.errors import DeviceError
+
+    host, port, data_port = sec.host, sec.command_port, sec.data_port
+    desc: dict[str, Any] = {"driver": "maxlab", "host": host, "command_port": port, "data_port": data_port,
+                            "mode": "voltage"}
+    n_stream = sec.wells * sec.channels_per_well
+    bad = [c for c in sec.channels if c >= n_stream]
+    if bad:
+        raise ctx.fail("amplifier.channels", bad[:8], f"stream columns 0..{n_stream - 1} ({sec.wells} well(s) x "
+                                                      f"{sec.channels_per_well} channels)")
+    if sec.electrodes is not None and len(sec.electrodes) != len(sec.channels):
+        raise ctx.fail("amplifier.electrodes", f"{len(sec.electrodes)} electrodes",
+                       f"{len(sec.channels)}, one MEA electrode per channel")
+    holder: list = []
+    if host == EMULATE:
+        from rigctl.sim.maxlab_emulator import MaxLabEmulator, default_electrodes
+
+        bus = ctx.culture(mw.SAMPLE_RATE_HZ, "voltage")
+        if len(sec.channels) != bus.n_channels:
+            raise ctx.fail("amplifier.channels", f"{len(sec.channels)} channels",
+                           f"{bus.n_channels}, one per electrode of the simulated culture")
+        electrodes = sec.electrodes or default_electrodes(bus.n_channels)
+        try:
+            emu = MaxLabEmulator(bus, columns=sec.channels, electrodes=electrodes, wells=sec.wells,
+                                 channels_per_well=sec.channels_per_well,
+                                 frames_per_message=sec.emulator.frames_per_message, lsb_mV=sec.emulator.lsb_mV,
+                                 seed=ctx.seed, realtime=ctx.realtime,
+                                 clock=lambda: holder[0].frame_clock if holder else None).start()
+        except ValueError as exc:
+            raise RigFileError(f"{ctx.doc.where('amplifier.emulator')}: {exc}") from exc
+        closers.append(emu.close)
+        ctx.emulators.append(emu)
+        host, port, data_port = "127.0.0.1", emu.command_port, emu.data_port
+        desc.update({"emulator_command_port": port, "emulator_data_port": data_port})
+    else:
+        electrodes = sec.electrodes
+    try:
+        drv = MaxLab(host, port, channels=sec.channels, electrodes=electrodes, wells=sec.wells,
+                     channels_per_well=sec.channels_per_well, data_port=data_port, uV_per_unit=sec.uV_per_unit,
+                     uV_per_bit=sec.uV_per_bit, chunk_ms=sec.chunk_ms, timeout_s=sec.timeout_s,
+                     arm_ahead_ms=sec.arm_ahead_ms, trigger_latency_ms=sec.trigger_latency_ms)
+    except DeviceError as exc:
+        raise DeviceError(f"{ctx.doc.where('amplifier.host')}: {exc}") from exc
+    holder.append(drv)
+    closers.insert(0, drv.close)
+    ctx.amp_clock = lambda: int(drv.clock)
+    desc.update({"channels": list(sec.channels), "electrodes": electrodes, "wells": sec.wells,
+                 "channels_per_well": sec.channels_per_well, "sample_rate_hz": drv.fs, "dac_lsb_mV": drv.lsb_mV})
+    return drv, desc
+
+
+def _build_maxlab_stimulator(ctx: Ctx, sec: MaxLabStimulator, amp, closers: list) -> tuple[Any, dict]:
+    from rigctl.drivers.maxlab import MaxLab
+
+    if not isinstance(amp, MaxLab):
+        raise ctx.fail("stimulator.driver", "maxlab", "maxlab only together with amplifier.driver: maxlab (the "
+                                                      "same server)")
+    return amp, {"driver": "maxlab", "dac_lsb_mV": amp.lsb_mV}
+
+
 def _build_playback_amplifier(ctx: Ctx, sec: PlaybackAmplifier, closers: list) -> tuple[Any, dict]:
     """`amplifier: {driver: playback, path: ...}`: another system's recording (rigctl.interop.recording) played
     chunk by chunk through the loop and signal path like a live amplifier; paths are relative to the rig file."""
@@ -230,9 +293,10 @@ def _build_playback_amplifier(ctx: Ctx, sec: PlaybackAmplifier, closers: list) -
 
 
 AMPLIFIER_BUILDERS: dict[str, Callable] = {"sim": _build_sim_amplifier, "rhx": _build_rhx_amplifier,
-                                          "openephys": _build_openephys_amplifier,
+                                          "openephys": _build_openephys_amplifier, "maxlab": _build_maxlab_amplifier,
                                           "playback": _build_playback_amplifier}
 STIMULATOR_BUILDERS: dict[str, Callable] = {"pulsepal": _build_pulsepal, "rhx": _build_rhx_stimulator,
+                                            "maxlab": _build_maxlab_stimulator,
                                             "none": lambda ctx, sec, amp, closers: (_no_stimulator(), {"driver": "none"})}
 
 

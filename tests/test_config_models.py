@@ -156,9 +156,9 @@ def rig_refused(tmp_path, text: str) -> str:
 
 def test_an_unknown_driver_is_refused_with_the_allowed_list(tmp_path):
     message = rig_refused(tmp_path, "amplifier: {driver: maxwell}\nstimulator: {driver: none}\n")
-    assert message == f"{tmp_path / 'rig.yaml'}:1: amplifier.driver='maxwell'; allowed: openephys, playback, rhx, sim"
+    assert message == f"{tmp_path / 'rig.yaml'}:1: amplifier.driver='maxwell'; allowed: maxlab, openephys, playback, rhx, sim"
     message = rig_refused(tmp_path, "amplifier: {driver: sim}\nstimulator: {driver: stg}\n")
-    assert message.endswith(":2: stimulator.driver='stg'; allowed: none, pulsepal, rhx")
+    assert message.endswith(":2: stimulator.driver='stg'; allowed: maxlab, none, pulsepal, rhx")
 
 
 def test_each_driver_has_its_own_fields(tmp_path):

@@ -26,6 +26,7 @@ SHORT = {  # each library protocol, shortened with --set
     "isomura2023_bss_mix50": ["--sessions", "1", "--set", "trials_per_session=8"],
     "isomura2023_bss_rhs": ["--sessions", "1", "--set", "trials_per_session=8"],
     "isomura2023_bss_pulsepal": ["--sessions", "1", "--set", "trials_per_session=8"],
+    "isomura2023_bss_maxlab": ["--sessions", "1", "--set", "trials_per_session=8"],
     "electrode_scan": ["--set", "repetitions=2", "--set", "isi_s=0.2"],
     "spontaneous": ["--set", "duration_s=5"],
     "cb22_maze": ["--rig", "canonical", "--set", "episodes=2", "--set", "max_steps=500"],  # the last --rig wins

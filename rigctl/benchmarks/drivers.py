@@ -1,8 +1,10 @@
 """`rigctl bench drivers`: each driver against its emulator on this machine (pty / loopback).
 
 Figures: the time to arm one pulse (Pulse Pal: changed parameters + trigger + confirmation ack; RHX:
-`get CurrentTimestamp` + one set/upload/trigger batch confirmed by a `get`) and how many times faster than
-real time the data drivers read 64 channels at 25 kHz. The culture behind the emulators is a cheap
+`get CurrentTimestamp` + one set/upload/trigger batch confirmed by a `get`; MaxLab: power-up, a sequence of
+seven commands, send and delete, one TCP connection each) and how many times faster than real time the data
+drivers read 64 channels at 25 kHz (MaxLab: 64 of 1024 channels at 20 kHz, one frame per ZMQ message, as
+MaxLab is seen to send). The culture behind the emulators is a cheap
 deterministic ramp, so the figures are the wire's and the drivers', not the simulation's.
 """
 
@@ -133,13 +135,53 @@ def bench_openephys(seconds: float = 10.0) -> dict:
     return {"read_x_realtime_64ch": round(speed, 2)}
 
 
+def bench_maxlab(seconds: float = 10.0, n_arms: int = 40) -> dict:
+    from rigctl.drivers.maxlab import MaxLab
+    from rigctl.sim.maxlab_emulator import MaxLabEmulator, default_electrodes
+
+    backend = RampBackend(64, 20000.0, 200)
+    holder: list = []
+    emu = MaxLabEmulator(backend, columns=list(range(64)), clock=lambda: holder[0].frame_clock if holder else None,
+                         lead_s=0.25).start()
+    drv = MaxLab("127.0.0.1", emu.command_port, channels=list(range(64)), electrodes=default_electrodes(64),
+                 data_port=emu.data_port, arm_ahead_ms=250.0)
+    holder.append(drv)
+    times = []
+    try:
+        drv.start()
+        drv.read()
+        s0, t0 = drv.clock, time.perf_counter()
+        while drv.clock < s0 + int(seconds * drv.fs):
+            drv.on_chunk(drv.read().end_sample)
+        speed = (drv.clock - s0) / drv.fs / (time.perf_counter() - t0)
+        for k in range(n_arms):
+            before = drv.triggers_sent
+            cmd = StimCommand(drv.clock + 4000, (k % 64,), BiphasicPulse.symmetric(1000.5, 200.0, "mV"))
+            t = time.perf_counter()
+            drv.schedule(cmd)  # due within arm_ahead_ms: armed at once
+            dt = time.perf_counter() - t
+            if drv.triggers_sent == before + 1:
+                times.append(dt)
+            while drv.clock < cmd.sample + 100:
+                drv.on_chunk(drv.read().end_sample)
+    finally:
+        drv.close()
+        emu.close()
+    return {"arm": _summary(times), "read_x_realtime_64_of_1024ch": round(speed, 2)}
+
+
 def run(seconds: float = 10.0) -> dict:
     """Print one line per figure and return them all."""
-    out = {"pulsepal": bench_pulsepal(), "rhx": bench_rhx(seconds), "openephys": bench_openephys(seconds)}
+    out = {"pulsepal": bench_pulsepal(), "rhx": bench_rhx(seconds), "openephys": bench_openephys(seconds),
+           "maxlab": bench_maxlab(seconds)}
     a = out["pulsepal"]["arm"]
     print(f"pulsepal  arm one pulse (pty):            median {a['median_ms']} ms, p95 {a['p95_ms']} ms (n={a['n']})")
     a = out["rhx"]["arm"]
     print(f"rhx       arm one pulse (loopback):       median {a['median_ms']} ms, p95 {a['p95_ms']} ms (n={a['n']})")
     print(f"rhx       read 64 ch at 25 kHz:           {out['rhx']['read_x_realtime_64ch']} x real time")
     print(f"openephys read 64 ch at 25 kHz:           {out['openephys']['read_x_realtime_64ch']} x real time")
+    a = out["maxlab"]["arm"]
+    print(f"maxlab    arm one pulse (loopback):       median {a['median_ms']} ms, p95 {a['p95_ms']} ms (n={a['n']})")
+    print(f"maxlab    read 64 of 1024 ch at 20 kHz:   {out['maxlab']['read_x_realtime_64_of_1024ch']} x real time "
+          "(one frame per message)")
     return out

@@ -1,4 +1,4 @@
-"""`rigctl emulate pulsepal|rhx|openephys`: run one device emulator on its own, wired to a simulated
+"""`rigctl emulate pulsepal|rhx|openephys|maxlab`: run one device emulator on its own, wired to a simulated
 culture, and print where to connect, so any client (rigctl's driver or the vendor's) can talk to it."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from rigctl.commands._argtypes import finite_float_in, port_number, sample_rate_
 from rigctl.errors import DeviceError, RigctlError
 from rigctl.protocol import DRUGS
 
-DEVICES = ("pulsepal", "rhx", "openephys")
-DEFAULT_PORTS = {"rhx": 5000, "openephys": 37497}
+DEVICES = ("pulsepal", "rhx", "openephys", "maxlab")
+DEFAULT_PORTS = {"rhx": 5000, "openephys": 37497, "maxlab": 7215}
+MAXLAB_RATE_HZ = 20000.0  # MaxLab streams at 20 kHz
 #: --duration-s: up to 30 days (without it the emulator runs until Ctrl-C).
 MAX_DURATION_S = 30 * 86400.0
 
@@ -176,8 +177,40 @@ def serve_openephys(args: argparse.Namespace, backend, ready: Callable[[dict], N
     return 0
 
 
+def serve_maxlab(args: argparse.Namespace, backend, ready: Callable[[dict], None], stop: threading.Event) -> int:
+    from rigctl.drivers import _maxlab_wire as mw
+    from rigctl.sim.maxlab_emulator import MaxLabEmulator, default_electrodes
+
+    port = DEFAULT_PORTS["maxlab"] if args.port is None else args.port
+    data_port = mw.RAW_PORT if args.port is None else 0
+    n = backend.n_channels
+    wells = getattr(args, "wells", 1)
+    electrodes = default_electrodes(n)
+
+    def show(cmd) -> None:
+        p = cmd.pulse
+        print(f"pulse at frame {cmd.sample} on culture electrodes {list(cmd.electrodes)}: {p.phase1_amplitude:g}/"
+              f"{p.phase2_amplitude:g} mV, {p.phase1_us:g}/{p.interphase_us:g}/{p.phase2_us:g} µs", flush=True)
+
+    emu = _listen(args, lambda: MaxLabEmulator(backend, wells=wells, seed=args.seed, host=args.host, command_port=port,
+                                               data_port=data_port, realtime=args.realtime).start())
+    emu.on_pulse = show
+    try:
+        ready({"device": "maxlab", "host": args.host, "command_port": emu.command_port,
+               "raw_stream": f"tcp://{args.host}:{emu.data_port} (ZMQ PUB, one frame per message)",
+               "stream": f"{wells} well(s) x {mw.CHANNELS_PER_WELL} channels at {emu.fs:g} Hz; culture electrodes "
+                         f"0..{n - 1} = columns 0..{n - 1}, the rest noise",
+               "electrodes": f"MEA electrodes {electrodes[0]}..{electrodes[-1]} (8-wide grid, 12 apart) = culture "
+                             f"electrodes 0..{n - 1}",
+               "dac_lsb_mV": emu.lsb_mV, "time": "wall clock" if args.realtime else "as fast as the subscriber reads"})
+        stop.wait(args.duration_s)
+    finally:
+        emu.close()
+    return 0
+
+
 SERVERS: dict[str, Callable[..., int]] = {"pulsepal": serve_pulsepal, "rhx": serve_rhx,
-                                          "openephys": serve_openephys}
+                                          "openephys": serve_openephys, "maxlab": serve_maxlab}
 
 
 def _print_ready(info: dict) -> None:
@@ -193,6 +226,12 @@ def run_emulator(args: argparse.Namespace, backend_factory: Callable[[argparse.N
     if args.device != "pulsepal" and args.mode != "voltage":
         raise RigctlError(f"emulate {args.device} --mode {args.mode}: allowed: voltage (the emulator serves traces)")
     mode = "events" if args.device == "pulsepal" else "voltage"
+    if args.device == "maxlab":
+        if args.sample_rate_hz not in (None, MAXLAB_RATE_HZ):
+            raise RigctlError(f"emulate maxlab --sample-rate-hz {args.sample_rate_hz:g}: allowed: 20000 (MaxLab's rate)")
+        args.sample_rate_hz = MAXLAB_RATE_HZ
+    elif args.sample_rate_hz is None:
+        args.sample_rate_hz = 25000.0
     backend = backend_factory(args, mode)
     if args.device == "pulsepal":
         _check_outputs(args, backend)
@@ -232,23 +271,27 @@ def _register_bench() -> None:
 def register(sub) -> None:
     _register_bench()
     p = sub.add_parser(
-        "emulate", help="run a device emulator (pulsepal, rhx, openephys) wired to a simulated culture",
+        "emulate", help="run a device emulator (pulsepal, rhx, openephys, maxlab) wired to a simulated culture",
         description="Start one device emulator on its own and print where to connect (the pty path, or host "
-                    "and ports). Data-serving emulators (rhx, openephys) run as fast as the client reads unless "
+                    "and ports). Data-serving emulators (rhx, openephys, maxlab) run as fast as the client reads unless "
                     "--realtime; the Pulse Pal serves no data, so its culture always runs on the wall clock.")
     p.add_argument("device", choices=DEVICES)
     p.add_argument("--seed", type=seed, default=0, help="seed of the simulated culture (default 0)")
     p.add_argument("--realtime", action="store_true", help="pace data to the wall clock")
     p.add_argument("--drug", choices=DRUGS, default="none", help="simulated culture condition (default: none)")
-    p.add_argument("--sample-rate-hz", type=sample_rate_hz, default=25000.0, dest="sample_rate_hz",
-                   help="sample rate of the simulated culture (1000 to 100000 Hz; default 25000)")
+    p.add_argument("--sample-rate-hz", type=sample_rate_hz, default=None, dest="sample_rate_hz",
+                   help="sample rate of the simulated culture (1000 to 100000 Hz; default 25000; maxlab: 20000)")
+    p.add_argument("--wells", type=int, choices=(1, 6), default=1,
+                   help="maxlab: 1 (MaxOne) or 6 (MaxTwo) wells of 1024 channels in each frame (default 1)")
     p.add_argument("--mode", choices=("voltage",), default="voltage",
-                   help="rhx/openephys: what the culture serves (voltage traces)")
+                   help="rhx/openephys/maxlab: what the culture serves (voltage traces)")
     p.add_argument("--outputs", type=_parse_outputs, default=_parse_outputs("1:0,2:2,3:4,4:6"),
                    help="pulsepal: output-to-electrode wiring, e.g. 1:0,2:2+3 (default 1:0,2:2,3:4,4:6)")
-    p.add_argument("--host", default="127.0.0.1", help="rhx/openephys: address to listen on (default loopback)")
+    p.add_argument("--host", default="127.0.0.1", help="rhx/openephys/maxlab: address to listen on (default loopback)")
     p.add_argument("--port", type=port_number, default=None, help="rhx: command port (default 5000); openephys: "
-                                                                   "HTTP port (default 37497); 0 = any free port")
+                                                                   "HTTP port (default 37497); maxlab: command port "
+                                                                   "(default 7215, stream 7204; with --port the "
+                                                                   "stream takes a free port); 0 = any free port")
     p.add_argument("--duration-s", type=finite_float_in(0.0, MAX_DURATION_S, lo_open=True), default=None,
                    dest="duration_s", help="stop after this many seconds (> 0, at most 30 days; default: until Ctrl-C)")
     p.set_defaults(func=_main)
