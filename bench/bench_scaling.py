@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from rigctl.benchmarks.throughput import UV_PER_BIT, measure_throughput, rig_like_recording
-from rigctl.signal.path import PARALLEL_MIN_CHANNELS, SignalPath, channel_blocks, default_threads
+from rigctl.signal.path import PARALLEL_MIN_CHANNELS, PARALLEL_MIN_WORK, SignalPath, channel_blocks, default_threads
 from rigctl.types import Chunk
 
 BASE_CHANNELS = 1024  # recorded once; larger counts reuse its channels (the speed does not depend on which)
@@ -124,12 +124,12 @@ def main() -> int:
     print(f"signal path scaling, {args.rate_hz:g} Hz, {threads} threads vs 1; "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load {load0[0]:.2f} {load0[1]:.2f} "
           f"{load0[2]:.2f}; multiply+add rate {rate_per_s / 1e9:.1f} G/s per core; default parallel from "
-          f"{PARALLEL_MIN_CHANNELS} ch")
+          f"{PARALLEL_MIN_CHANNELS} ch and {PARALLEL_MIN_WORK} channel-samples per chunk")
     seconds_base = SAMPLE_BUDGET / (BASE_CHANNELS * args.rate_hz)
     base = rig_like_recording(BASE_CHANNELS, args.rate_hz, min(seconds_base, 4.0), seed=0)
     print(f"{'ch':>5} {'chunk':>6} | {'RTF 1T':>7} {'RTF NT':>7} {'x':>5} {'RTF/core':>8} | "
           f"{'ns/S 1T':>7} {'ns/S NT':>7} {'copy 1T':>7} {'copy NT':>7} {'arith':>6} | "
-          f"{'p50 1T':>7} {'p99 1T':>7} {'p50 NT':>7} {'p99 NT':>7} us | path / floor (1T)")
+          f"{'p50 1T':>7} {'p99 1T':>7} {'p50 NT':>7} {'p99 NT':>7} us | path / floor (1T); threads SignalPath picks")
     rows = []
     for channels in args.channels:
         reps = max(1, int(round(SAMPLE_BUDGET / (channels * args.rate_hz) / (len(base) / args.rate_hz))))
@@ -142,7 +142,8 @@ def main() -> int:
             res = {}
             for t in (1, threads):
                 runs = [measure_throughput(channels, args.rate_hz, seconds, chunk_ms, data=data, threads=t,
-                                           parallel_min_channels=1) for _ in range(args.repeats)]
+                                           parallel_min_channels=1, parallel_min_work=0)
+                        for _ in range(args.repeats)]
                 res[t] = max(runs, key=lambda r: r["rtf"])
             one, par = res[1], res[threads]
             ns1 = 1e9 / (one["rtf"] * channels * args.rate_hz)
@@ -154,13 +155,14 @@ def main() -> int:
                    "copy_ns_per_sample_1": copy1, "copy_ns_per_sample_n": copyn, "arith_ns_per_sample": arith_ns,
                    "ops_per_sample": ops_per_sample(probe), "p50_1_us": one["chunk_p50_us"],
                    "p99_1_us": one["chunk_p99_us"], "p50_n_us": par["chunk_p50_us"], "p99_n_us": par["chunk_p99_us"],
-                   "default_threads": 1 if channels < PARALLEL_MIN_CHANNELS else par["threads"]}
+                   "default_threads": SignalPath(channels, args.rate_hz, UV_PER_BIT).threads_for(chunk)}
             rows.append(row)
             print(f"{channels:5d} {chunk_ms:4g}ms | {one['rtf']:7.1f} {par['rtf']:7.1f} {par['rtf'] / one['rtf']:5.2f} "
                   f"{par['rtf'] / par['threads']:8.1f} | {ns1:7.2f} {nsn:7.2f} {copy1:7.2f} {copyn:7.2f} "
                   f"{arith_ns:6.2f} | "
                   f"{one['chunk_p50_us']:7.1f} {one['chunk_p99_us']:7.1f} {par['chunk_p50_us']:7.1f} "
-                  f"{par['chunk_p99_us']:7.1f}    | {bound(ns1, copy1, arith_ns)}", flush=True)
+                  f"{par['chunk_p99_us']:7.1f}    | {bound(ns1, copy1, arith_ns)}; {row['default_threads']}T",
+                  flush=True)
     memory = {str(c): memory_per_channel(c, args.rate_hz, 10.0) for c in (64, max(args.channels))}
     for c, m in memory.items():
         print(f"memory per channel at {c} ch (10-ms chunks): state {m['state_B']:.0f} B, "
@@ -172,7 +174,8 @@ def main() -> int:
           + ("; above 1.5: another job shared the cores, the parallel figures are low" if busy else ""))
     print(json.dumps({"bench": "signal_scaling", "rate_hz": args.rate_hz, "threads": threads,
                       "threading_layer": numba.threading_layer(), "load_before": load0, "load_after": load1,
-                      "mul_add_per_s": rate_per_s, "parallel_min_channels": PARALLEL_MIN_CHANNELS, "memory": memory,
+                      "mul_add_per_s": rate_per_s, "parallel_min_channels": PARALLEL_MIN_CHANNELS,
+                      "parallel_min_work": PARALLEL_MIN_WORK, "memory": memory,
                       "rows": rows}))
     return 0
 

@@ -35,7 +35,7 @@ def run(truth, threads: int, chunk: int, switch_at: int | None = None, switch_to
 
     def make(t: int) -> SignalPath:
         return SignalPath(cfg.n_channels, cfg.sample_rate_hz, cfg.uV_per_bit, SignalConfig(), threads=t,
-                          parallel_min_channels=1)
+                          parallel_min_channels=1, parallel_min_work=0)
     path = make(threads)
     assert path.threads == min(threads, len(channel_blocks(cfg.n_channels, threads)) - 1)
     rows, k = [], 0
@@ -98,7 +98,7 @@ for t0, c in zip(rng.integers(2100, 4900, 300), rng.integers(0, 48, 300)):  # sp
 raw[2500:2510] = 32767  # a saturated stretch inside a pulse's blank
 out = {}
 for t in (1, 2):
-    p = SignalPath(48, 20000.0, 0.195, threads=t, parallel_min_channels=1)
+    p = SignalPath(48, 20000.0, 0.195, threads=t, parallel_min_channels=1, parallel_min_work=0)
     p.expect_pulse(2500, [0], 400.0)
     s = [p.process(Chunk(a, raw[a:a + 37], 0.195, 20000.0)) for a in range(0, 5000, 37)]
     out[t] = [[int(x) for x in e.sample] + [int(x) for x in e.channel] + [float(x) for x in e.amplitude_uV] for e in s]

@@ -23,9 +23,13 @@ from rigctl.types import Chunk, SpikeEvents
 from rigctl.yamlcheck import show
 
 STATE_VERSION = 1
-# Below this many channels one thread is faster: handing a chunk to the second thread and waiting for it costs
-# more than half the chunk's work (bench/bench_scaling.py measures the crossing; docs/signal.md, "Scaling").
-PARALLEL_MIN_CHANNELS = 512
+# Two conditions for the parallel kernel (measured by bench/bench_scaling.py on the 2-core machine; docs/signal.md,
+# "Scaling"): at least PARALLEL_MIN_CHANNELS channels (below, two threads lost at 1-ms chunks: waking the other
+# thread costs more than half the chunk's work), and a chunk of at least this many channel-samples, which depends
+# on what a launch costs in numba's threading layer: ~10-60 us with OpenMP or TBB, ~350 us with workqueue
+# (its threads sleep, and waking them on this VM is slow).
+PARALLEL_MIN_CHANNELS = 2048
+PARALLEL_MIN_WORK = {"omp": 2048 * 20, "tbb": 2048 * 20, "workqueue": 6144 * 100}  # channel-samples per chunk
 CHANNEL_ALIGN = 16  # block edges on 16-channel multiples: two threads never share a cache line of the float32 rows
 _EMPTY = SpikeEvents.empty()  # returned for chunks without spikes (never mutated)
 _INT16 = np.dtype(np.int16)
@@ -128,15 +132,17 @@ class SignalPath:
     """Filter, blank, detect, chunk by chunk. Not thread-safe; one instance per recording segment.
 
     `threads` (default: `default_threads()`) splits the channels into that many blocks processed in parallel
-    (numba `prange`, any threading layer) when there are at least `parallel_min_channels`; the output
-    and the state are bit-identical to one thread's, so a state moves between thread counts. The parallel
+    (numba `prange`, any threading layer) when there are at least `parallel_min_channels` and a chunk holds at
+    least `parallel_min_work` channel-samples (None: PARALLEL_MIN_WORK of the threading layer); the output
+    and the state are bit-identical to one thread's, so the kernel may change from chunk to chunk and a state
+    moves between thread counts. The parallel
     kernel holds the GIL like the serial one, so two paths in two Python threads never launch it at once
     (the workqueue layer does not allow that).
     """
 
     def __init__(self, n_channels: int, sample_rate_hz: float, uV_per_bit: float,
                  config: SignalConfig = SignalConfig(), threads: int | None = None,
-                 parallel_min_channels: int = PARALLEL_MIN_CHANNELS):
+                 parallel_min_channels: int = PARALLEL_MIN_CHANNELS, parallel_min_work: int | None = None):
         config.validate(sample_rate_hz)
         if threads is not None and threads < 1:
             raise ValueError(f"threads={threads}; allowed: >= 1 (or None: all of numba's threads)")
@@ -194,11 +200,17 @@ class SignalPath:
         if self.n_channels < parallel_min_channels:
             wanted = 1
         blocks = channel_blocks(self.n_channels, wanted, CHANNEL_ALIGN)
-        self._bounds = blocks if len(blocks) > 2 else None  # None: the serial kernel
-        self.threads = len(blocks) - 1  # threads this path's kernel uses
+        self._bounds = blocks if len(blocks) > 2 else None  # None: the serial kernel only
+        self.threads = len(blocks) - 1  # threads this path's kernel uses on large enough chunks
         self._widest_block = int(np.diff(blocks).max())
+        self._min_work = 0  # channel-samples from which a chunk goes to the parallel kernel (set after warm-up)
         self._reset_state()
         self._warm_up()
+        if self._bounds is not None:
+            import numba
+            layer = numba.threading_layer()  # known once a parallel kernel ran (the warm-up)
+            by_layer = PARALLEL_MIN_WORK.get(layer, max(PARALLEL_MIN_WORK.values()))
+            self._min_work = by_layer if parallel_min_work is None else int(parallel_min_work)
 
     def _warm_up(self) -> None:
         """Run the kernel once on throwaway copies of the state, so that loading the compiled code
@@ -210,11 +222,17 @@ class SignalPath:
                      self._ys.copy(), self._chi.copy(), self._chf.copy(), self._chb.copy(), self._sd.copy(),
                      np.empty(c + 1, np.int64), np.empty(c + 1, np.int32), np.empty(c + 1, np.float32))
 
+    def threads_for(self, n_samples: int) -> int:
+        """Threads a chunk of `n_samples` runs on: 1 below the channel or the work threshold."""
+        if self._bounds is None or n_samples * self.n_channels < self._min_work:
+            return 1
+        return self.threads
+
     def _kernel(self, raw: np.ndarray, first: int, h: int, istate: np.ndarray, pulses: np.ndarray, z: np.ndarray,
                 work: np.ndarray, ys: np.ndarray, chi: np.ndarray, chf: np.ndarray, chb: np.ndarray, sd: np.ndarray,
                 out_s: np.ndarray, out_c: np.ndarray, out_a: np.ndarray) -> int:
         """One chunk through the serial kernel, or the parallel one (per-block spike buffers sized here)."""
-        if self._bounds is None:
+        if self.threads_for(len(raw)) == 1:
             return K.process_chunk(raw, first, h, self._sos, self._zi_unit, self._w, self._fparams, istate, pulses, z,
                                    work, ys, chi, chf, chb, sd, out_s, out_c, out_a)
         n_blocks = self.threads
