@@ -54,7 +54,7 @@ FLAG_CASES = [
     (["bench", "throughput", "--rate-hz", "-1"], "--rate-hz", "-1", "a finite number from 1000 to 100000"),
     (["bench", "throughput", "--seconds", "0"], "--seconds", "0", "a finite number from 0.1 to 600"),
     (["bench", "throughput", "--seconds", "inf"], "--seconds", "inf", "a finite number from 0.1 to 600"),
-    (["bench", "throughput", "--channels", "0"], "--channels", "0", "an integer from 1 to 4096"),
+    (["bench", "throughput", "--channels", "0"], "--channels", "0", "an integer from 1 to 8192"),
     (["bench", "throughput", "--chunk-ms", "0"], "--chunk-ms", "0", "a finite number from 0.1 to 10000"),
     (["bench", "throughput", "--seed", "-1"], "--seed", "-1", "an integer from 0 to"),
     (["bench", "drivers", "--seconds", "0"], "--seconds", "0", "a finite number from 0.1 to 600"),

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from rigctl.signal.path import SignalConfig, SignalPath
+from rigctl.signal.path import PARALLEL_MIN_CHANNELS, SignalConfig, SignalPath
 from rigctl.types import Chunk
 
 UV_PER_BIT = 0.195
@@ -26,17 +26,25 @@ def rig_like_recording(channels: int, rate_hz: float, seconds: float, seed: int)
 
 
 def measure_throughput(channels: int, rate_hz: float, seconds: float, chunk_ms: float, seed: int = 0,
-                       data: np.ndarray | None = None) -> dict:
-    """Process `seconds` of data in `chunk_ms` chunks once to warm up, then time a second pass."""
+                       data: np.ndarray | None = None, threads: int | None = None,
+                       parallel_min_channels: int = PARALLEL_MIN_CHANNELS,
+                       parallel_min_work: int | None = None) -> dict:
+    """Process `seconds` of data in `chunk_ms` chunks once to warm up, then time a second pass.
+
+    `threads`, `parallel_min_channels`, `parallel_min_work`: as `SignalPath` takes them (None: its defaults)."""
     if data is None:
         data = rig_like_recording(channels, rate_hz, seconds, seed)
     chunk = max(1, int(round(chunk_ms * 1e-3 * rate_hz)))
     starts = range(0, len(data), chunk)
     pieces = [np.ascontiguousarray(data[a:a + chunk]) for a in starts]
-    warm = SignalPath(channels, rate_hz, UV_PER_BIT, SignalConfig())
+
+    def make() -> SignalPath:
+        return SignalPath(channels, rate_hz, UV_PER_BIT, SignalConfig(), threads, parallel_min_channels,
+                          parallel_min_work)
+    warm = make()
     for a, piece in zip(starts, pieces[: max(1, int(0.2 * rate_hz) // chunk)]):
         warm.process(Chunk(a, piece, UV_PER_BIT, rate_hz))
-    path = SignalPath(channels, rate_hz, UV_PER_BIT, SignalConfig())
+    path = make()
     per_chunk = np.empty(len(pieces), np.float64)
     n_spikes = 0
     clock = time.perf_counter
@@ -48,6 +56,6 @@ def measure_throughput(channels: int, rate_hz: float, seconds: float, chunk_ms: 
     wall = clock() - t0
     data_s = len(data) / rate_hz
     return {"bench": "throughput", "channels": channels, "rate_hz": rate_hz, "chunk_ms": chunk_ms,
-            "data_s": data_s, "wall_s": wall, "rtf": data_s / wall, "spikes": n_spikes,
-            "chunk_p50_us": float(np.median(per_chunk) * 1e6), "chunk_p99_us": float(np.percentile(per_chunk, 99) * 1e6),
-            "chunk_max_us": float(per_chunk.max() * 1e6)}
+            "threads": path.threads_for(chunk), "data_s": data_s, "wall_s": wall, "rtf": data_s / wall,
+            "spikes": n_spikes, "chunk_p50_us": float(np.median(per_chunk) * 1e6),
+            "chunk_p99_us": float(np.percentile(per_chunk, 99) * 1e6), "chunk_max_us": float(per_chunk.max() * 1e6)}

@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from rigctl.commands._argtypes import channels, chunk_ms, finite_float_in, sample_rate_hz, seed
+from rigctl.commands._argtypes import chunk_ms, finite_float_in, int_in, sample_rate_hz, seed
 
 #: seconds of data (or of reading) a benchmark may ask for: enough for one warm-up, at most ten minutes.
 BENCH_SECONDS = finite_float_in(0.1, 600.0)
+#: channels the throughput bench may ask for: beyond one 4,096-channel array, up to a MaxTwo plate (6 x 1,024) and more.
+BENCH_CHANNELS = int_in(1, 8192)
 
 _ATTR = "_rigctl_bench_group"
 _current: list = [None]  # the `sub` of the parser being built (set by register below)
@@ -59,9 +61,10 @@ def add_bench_command(*args: object) -> argparse.ArgumentParser:
 
 def _throughput(args: argparse.Namespace) -> int:
     from rigctl.benchmarks.throughput import measure_throughput
-    result = measure_throughput(args.channels, args.rate_hz, args.seconds, args.chunk_ms, args.seed)
+    result = measure_throughput(args.channels, args.rate_hz, args.seconds, args.chunk_ms, args.seed,
+                                threads=args.threads)
     print(f"signal path throughput: {args.channels} ch x {args.rate_hz:g} Hz, {args.chunk_ms:g}-ms chunks, "
-          f"{args.seconds:g} s of data")
+          f"{args.seconds:g} s of data, {result['threads']} thread(s)")
     print(f"  wall {result['wall_s']:.3f} s for {result['data_s']:.3f} s of data -> real-time factor "
           f"{result['rtf']:.1f}x; per chunk median {result['chunk_p50_us']:.1f} us, p99 "
           f"{result['chunk_p99_us']:.1f} us; {result['spikes']} spikes")
@@ -72,11 +75,14 @@ def _throughput(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     _current[0] = sub  # a new top-level parser (e.g. a second main() in one process) gets a new group
     p = add_bench_command(sub, "throughput", "throughput of the online signal path (filter, blanking, detection) "
-                                        "on the simulated rig's signals, on one core")
-    p.add_argument("--channels", type=channels, default=64, help="channels (1 to 4096; default 64)")
+                                        "on the simulated rig's signals")
+    p.add_argument("--channels", type=BENCH_CHANNELS, default=64, help="channels (1 to 8192; default 64)")
     p.add_argument("--rate-hz", type=sample_rate_hz, default=25000.0, help="sample rate (1000 to 100000 Hz; "
                                                                           "default 25000)")
     p.add_argument("--seconds", type=BENCH_SECONDS, default=5.0, help="seconds of data (0.1 to 600; default 5)")
     p.add_argument("--chunk-ms", type=chunk_ms, default=1.0, help="chunk length in ms (0.1 to 10000; default 1)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the synthetic recording (default 0)")
+    p.add_argument("--threads", type=int_in(1, 1024), default=None,
+                   help="threads of the signal path (default: NUMBA_NUM_THREADS, else all cores; one thread below "
+                        "the parallel threshold of channels)")
     p.set_defaults(func=_throughput)

@@ -12,7 +12,7 @@ also costs reference-count updates.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 NEG_INF = np.float32(-np.inf)
 # No fast-math at all: without FMA contraction or reassociation, a vectorised loop and a scalar one give
@@ -38,20 +38,20 @@ R_B_ROWS = 2
 
 # ---- vector helpers --------------------------------------------------------------------------------------
 @njit(cache=True, fastmath=FAST, inline="never")
-def _convert(raw, i, work, r, scale):
-    for c in range(work.shape[1]):
+def _convert(raw, i, work, r, scale, c0, c1):
+    for c in range(c0, c1):
         work[r, c] = np.float32(raw[i, c]) * scale
 
 
 @njit(cache=True, fastmath=FAST, inline="never")
-def _copy_row(work, src, dst):
-    for c in range(work.shape[1]):
+def _copy_row(work, src, dst, c0, c1):
+    for c in range(c0, c1):
         work[dst, c] = work[src, c]
 
 
 @njit(cache=True, fastmath=FAST, inline="never")
-def _biquad(work, r, z, s, b0, b1, b2, a1, a2):
-    for c in range(work.shape[1]):
+def _biquad(work, r, z, s, b0, b1, b2, a1, a2, c0, c1):
+    for c in range(c0, c1):
         x = work[r, c]
         v = b0 * x + z[s, 0, c]
         z[s, 0, c] = b1 * x - a1 * v + z[s, 1, c]
@@ -60,8 +60,8 @@ def _biquad(work, r, z, s, b0, b1, b2, a1, a2):
 
 
 @njit(cache=True, fastmath=FAST, inline="never")
-def _matched_filter_flat(wf, base, w, yf, m, c_n):
-    """yf[k] = sum_j w[j] * wf[base + j*c_n + k] for k < m (flat rows: vectorises across rows too).
+def _matched_filter_flat(wf, base, w, yf, yoff, m, c_n):
+    """yf[yoff + k] = sum_j w[j] * wf[base + j*c_n + k] for k < m (flat rows: vectorises across rows too).
 
     Four taps per pass over yf: a quarter of the loads and stores of yf. The order of additions is
     the same for every element, so the result does not depend on where a piece starts.
@@ -69,7 +69,7 @@ def _matched_filter_flat(wf, base, w, yf, m, c_n):
     taps = w.shape[0]
     w0 = w[0]
     for k in range(m):
-        yf[k] = w0 * wf[np.uint64(base + k)]
+        yf[np.uint64(yoff + k)] = w0 * wf[np.uint64(base + k)]
     j = 1
     while j + 3 < taps:
         w1 = w[j]
@@ -81,48 +81,49 @@ def _matched_filter_flat(wf, base, w, yf, m, c_n):
         o3 = o2 + c_n
         o4 = o3 + c_n
         for k in range(m):
-            yf[k] = (yf[k] + w1 * wf[np.uint64(o1 + k)] + w2 * wf[np.uint64(o2 + k)]
+            y = np.uint64(yoff + k)
+            yf[y] = (yf[y] + w1 * wf[np.uint64(o1 + k)] + w2 * wf[np.uint64(o2 + k)]
                      + w3 * wf[np.uint64(o3 + k)] + w4 * wf[np.uint64(o4 + k)])
         j += 4
     while j < taps:
         wj = w[j]
         off = base + j * c_n
         for k in range(m):
-            yf[k] += wj * wf[np.uint64(off + k)]
+            yf[np.uint64(yoff + k)] += wj * wf[np.uint64(off + k)]
         j += 1
 
 
 @njit(cache=True, fastmath=FAST, inline="never")
-def _add_clipped_abs(acc, a, vals, r, lim, b):
-    for c in range(vals.shape[1]):
+def _add_clipped_abs(acc, a, vals, r, lim, b, c0, c1):
+    for c in range(c0, c1):
         acc[a, c] += min(abs(vals[r, c]), lim[b, c])
 
 
 @njit(cache=True, fastmath=FAST, inline="never")
-def _add_clipped_abs_rows(acc, a, vals, r0, r1, lim, b):
+def _add_clipped_abs_rows(acc, a, vals, r0, r1, lim, b, c0, c1):
     for r in range(r0, r1):
-        for c in range(vals.shape[1]):
+        for c in range(c0, c1):
             acc[a, c] += min(abs(vals[r, c]), lim[b, c])
 
 
 @njit(cache=True, fastmath=FAST, inline="never")
-def _rows_above(vals, m, lim, b, hits):
-    """hits[r] = 1 if any vals[r, c] > lim[b, c], for r < m."""
+def _rows_above(vals, m, lim, b, hits, c0, c1):
+    """hits[r] = 1 if any vals[r, c] > lim[b, c] (c0 <= c < c1), for r < m."""
     for r in range(m):
         hit = 0
-        for c in range(vals.shape[1]):
+        for c in range(c0, c1):
             hit |= vals[r, c] > lim[b, c]
         hits[r] = hit
 
 
 @njit(cache=True, inline="never")
-def _filter_run(raw, i0, i1, work, h, z, sos, scale):
+def _filter_run(raw, i0, i1, work, h, z, sos, scale, c0, c1):
     """Plain band-pass of rows i0..i1-1 (no blank, no restart): int16 -> float32, then every biquad."""
     for i in range(i0, i1):
         r = h + i
-        _convert(raw, i, work, r, scale)
+        _convert(raw, i, work, r, scale, c0, c1)
         for s in range(sos.shape[0]):
-            _biquad(work, r, z, s, sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5])
+            _biquad(work, r, z, s, sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5], c0, c1)
 
 
 @njit(cache=True, inline="always")
@@ -142,22 +143,22 @@ def _restart_channel(z, zi_unit, c, value):
 
 # ---- noise blocks ------------------------------------------------------------------------------------------
 @njit(cache=True)
-def _update_sd(sd, acc, a, count, block, winsor, alpha):
+def _update_sd(sd, acc, a, count, block, winsor, alpha, c0, c1):
     gauss = np.sqrt(2.0 / np.pi)
     if count < block / 2:
         return
-    for c in range(sd.shape[0]):
+    for c in range(c0, c1):
         f = winsor if sd[c] > 0 else gauss
         est = acc[a, c] / count / f
         sd[c] = est if sd[c] <= 0 else (1.0 - alpha) * sd[c] + alpha * est
 
 
 @njit(cache=True)
-def _end_block(flags, sd_x, sd_y, chf, block, thr_sd, clip_sd, winsor, alpha):
-    """Close a noise block: update the SDs, the clips and the thresholds; start a new block."""
-    _update_sd(sd_x, chf, R_ACC, flags[S_COUNT_X], block, winsor, alpha)
-    _update_sd(sd_y, chf, R_ACC + 1, flags[S_COUNT_Y], block, winsor, alpha)
-    for c in range(sd_x.shape[0]):
+def _end_block(flags, sd_x, sd_y, chf, block, thr_sd, clip_sd, winsor, alpha, c0, c1):
+    """Close a noise block of channels c0..c1-1: update the SDs, the clips and the thresholds; start a new block."""
+    _update_sd(sd_x, chf, R_ACC, flags[S_COUNT_X], block, winsor, alpha, c0, c1)
+    _update_sd(sd_y, chf, R_ACC + 1, flags[S_COUNT_Y], block, winsor, alpha, c0, c1)
+    for c in range(c0, c1):
         chf[R_LIM, c] = clip_sd * sd_x[c] if sd_x[c] > 0 else np.inf
         chf[R_LIM + 1, c] = clip_sd * sd_y[c] if sd_y[c] > 0 else np.inf
         chf[R_LIM + 2, c] = thr_sd * sd_y[c] if sd_y[c] > 0 else np.inf
@@ -172,7 +173,7 @@ def _end_block(flags, sd_x, sd_y, chf, block, thr_sd, clip_sd, winsor, alpha):
 @njit(cache=True)
 def process_chunk(raw, first, h, sos, zi_unit, w, fparams, istate, pulses, z, work, ys, chi, chf, chb, sd, out_s,
                   out_c, out_a):
-    """Filter, blank, matched-filter and detect `raw` [n, C] (int16) starting at sample `first`.
+    """Filter, blank, matched-filter and detect `raw` [n, C] (int16) starting at sample `first`, on one thread.
 
     `work` rows 0..h-1 hold the filtered samples before `first`; row h+i receives sample first+i; on
     return rows 0..h-1 hold the last h filtered samples (the history for the next chunk).
@@ -185,8 +186,70 @@ def process_chunk(raw, first, h, sos, zi_unit, w, fparams, istate, pulses, z, wo
     float64 (noise SD of x and of y). Returns the number of spikes written to out_s/out_c/out_a
     (sorted by sample, then channel).
     """
+    return _process_channels(raw, first, h, sos, zi_unit, w, fparams, istate[:N_IPARAMS], istate[N_IPARAMS:], pulses,
+                             z, work, ys, chi, chf, chb, sd, 0, raw.shape[1], out_s, out_c, out_a, 0)
+
+
+@njit(cache=True, parallel=True)
+def process_chunk_parallel(raw, first, h, sos, zi_unit, w, fparams, istate, pulses, z, work, ys, chi, chf, chb, sd,
+                           bounds, blk_s, blk_c, blk_a, out_s, out_c, out_a):
+    """`process_chunk` with the channels cut into blocks [bounds[b], bounds[b+1]), one per thread.
+
+    Every channel's arithmetic is the same sequence as on one thread (a block holds whole channels), so the
+    bits are too. The shared flags are functions of the sample index and the pulses (restart, noise-block
+    position and counts), identical in every block, except two that are cross-channel and are combined in
+    a fixed order afterwards: the latest saturation-blank end (max) and the number of open peaks (sum).
+    Block b writes its spikes to blk_* from b * (len(blk_s) // n_blocks); they are merged by (sample,
+    channel): at equal samples the lower block, hence the lower channel, first - the one-thread order.
+    """
+    n_blocks = bounds.shape[0] - 1
     iparams = istate[:N_IPARAMS]
     flags = istate[N_IPARAMS:]
+    cap = blk_s.shape[0] // n_blocks
+    bflags = np.empty((n_blocks, N_FLAGS), np.int64)
+    for b in range(n_blocks):
+        bflags[b, :] = flags
+        n_open = 0
+        for c in range(bounds[b], bounds[b + 1]):
+            n_open += chb[R_OPEN, c]
+        bflags[b, S_OPEN] = n_open
+    ends = np.empty(n_blocks, np.int64)
+    for b in prange(n_blocks):
+        ends[b] = _process_channels(raw, first, h, sos, zi_unit, w, fparams, iparams, bflags[b], pulses, z, work, ys,
+                                    chi, chf, chb, sd, bounds[b], bounds[b + 1], blk_s, blk_c, blk_a, b * cap)
+    flags[:] = bflags[0]
+    for b in range(1, n_blocks):
+        flags[S_EXT_UNTIL] = max(flags[S_EXT_UNTIL], bflags[b, S_EXT_UNTIL])
+        flags[S_OPEN] += bflags[b, S_OPEN]
+    # merge the blocks' sorted runs
+    pos = np.arange(n_blocks) * cap
+    k_out = 0
+    while True:
+        pick = -1
+        for b in range(n_blocks):
+            if pos[b] < ends[b] and (pick < 0 or blk_s[pos[b]] < blk_s[pos[pick]]):
+                pick = b
+        if pick < 0:
+            return k_out
+        j = pos[pick]
+        out_s[k_out] = blk_s[j]
+        out_c[k_out] = blk_c[j]
+        out_a[k_out] = blk_a[j]
+        k_out += 1
+        pos[pick] = j + 1
+
+
+@njit(cache=True)
+def _process_channels(raw, first, h, sos, zi_unit, w, fparams, iparams, flags, pulses, z, work, ys, chi, chf, chb, sd,
+                      c0, c1, out_s, out_c, out_a, k_out):
+    """The chunk for channels c0..c1-1 of the shared arrays, with `flags` of its own; returns the end of
+    its spikes in out_* (written from k_out on).
+
+    The channel loops run over unsigned indices (u0..u1): with a signed start that is not a constant 0,
+    numba's negative-index wrap-around stays in every access and the loops do not vectorise (4x slower).
+    """
+    u0 = np.uint64(c0)
+    u1 = np.uint64(c1)
     ext_until = chi[R_EXT_UNTIL]
     best_s = chi[R_BEST_S]
     refr_until = chi[R_REFR_UNTIL]
@@ -202,7 +265,6 @@ def process_chunk(raw, first, h, sos, zi_unit, w, fparams, istate, pulses, z, wo
     wf = work.reshape(work.size)
     yf = ys.reshape(ys.size)
     hits = np.empty(rows, np.int8)
-    k_out = 0
     i0 = 0
     while i0 < n:
         i1 = min(n, i0 + rows)
@@ -215,20 +277,24 @@ def process_chunk(raw, first, h, sos, zi_unit, w, fparams, istate, pulses, z, wo
         if i0 + to_block_end < i1:
             i1 = i0 + to_block_end
         _filter_rows(raw, i0, i1, first, sos, zi_unit, iparams, fparams, pulses, flags, z, work, h, sat_seen,
-                     ext_until, level)
-        _matched_filter_flat(wf, (h + i0 - taps + 1) * c_n, w, yf, (i1 - i0) * c_n, c_n)
+                     ext_until, level, u0, u1)
+        if c0 == 0 and c1 == c_n:  # whole rows: one flat pass
+            _matched_filter_flat(wf, (h + i0 - taps + 1) * c_n, w, yf, 0, (i1 - i0) * c_n, c_n)
+        else:
+            for ry in range(i1 - i0):
+                _matched_filter_flat(wf, (h + i0 + ry - taps + 1) * c_n + c0, w, yf, ry * c_n + c0, c1 - c0, c_n)
         k_out = _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, ys, hits, ext_until,
-                             sd_x, sd_y, chf, is_open, best, best_s, refr_until, out_s, out_c, out_a, k_out)
+                             sd_x, sd_y, chf, is_open, best, best_s, refr_until, out_s, out_c, out_a, k_out, u0, u1)
         i0 = i1
     # keep the last h filtered rows at the top of `work`: the matched filter's history for the next chunk
     for r in range(h):
-        _copy_row(work, n + r, r)
+        _copy_row(work, n + r, r, u0, u1)
     return k_out
 
 
 @njit(cache=True)
 def _filter_rows(raw, i0, i1, first, sos, zi_unit, iparams, fparams, pulses, flags, z, work, h, sat_seen,
-                 ext_until, level):
+                 ext_until, level, c0, c1):
     """Band-pass rows i0..i1-1 into work, holding through blanks and restarting settled after them."""
     extend = iparams[P_EXTEND]
     sat_level = iparams[P_SATURATION]
@@ -244,26 +310,29 @@ def _filter_rows(raw, i0, i1, first, sos, zi_unit, iparams, fparams, pulses, fla
                 b = pulses[k, 1] - first
                 if i < b < j:
                     j = b
-            _filter_run(raw, i, j, work, h, z, sos, scale)
+            _filter_run(raw, i, j, work, h, z, sos, scale, c0, c1)
             i = j
             continue
         _filter_row_special(raw, i, t, r, pulses, flags, z, zi_unit, sos, work, sat_seen, ext_until, level, extend,
-                            sat_level, scale, level_alpha)
+                            sat_level, scale, level_alpha, c0, c1)
         i += 1
 
 
 @njit(cache=True)
 def _filter_row_special(raw, i, t, r, pulses, flags, z, zi_unit, sos, work, sat_seen, ext_until, level, extend,
-                        sat_level, scale, level_alpha):
-    """One row inside a blank, at a restart, or while some channel's saturation blank lasts."""
-    c_n = raw.shape[1]
+                        sat_level, scale, level_alpha, c0, c1):
+    """One row inside a blank, at a restart, or while some channel's saturation blank lasts.
+
+    `flags[S_EXT_UNTIL]` (the latest saturation-blank end) only decides whether a row takes this path;
+    for a channel past its own blank the result is the plain path's, so a block may hold a larger value
+    than its own channels need without changing any bit."""
     n_sec = sos.shape[0]
     if _in_intervals(t, pulses, 1, 2, 0, 0):
         # blanked: the filter holds; a short running mean of the raw input (restart level) follows
         if flags[S_RESTART] != 2:
-            for c in range(c_n):
+            for c in range(c0, c1):
                 level[c] = raw[i, c] * scale
-        for c in range(c_n):
+        for c in range(c0, c1):
             x = raw[i, c] * scale
             level[c] += level_alpha * (x - level[c])
             work[r, c] = 0.0
@@ -271,12 +340,12 @@ def _filter_row_special(raw, i, t, r, pulses, flags, z, zi_unit, sos, work, sat_
                 sat_seen[c] = 1
         flags[S_RESTART] = 2
         return
-    _convert(raw, i, work, r, scale)
+    _convert(raw, i, work, r, scale, c0, c1)
     if flags[S_RESTART] != 0:
         # first clean sample: restart every section in the steady state of a constant input at the
         # restart level (after a blank: the running mean, less noisy than one sample), so no step
         # enters the filter; channels that saturated stay blank `extend` samples longer
-        for c in range(c_n):
+        for c in range(c0, c1):
             if flags[S_RESTART] == 2:
                 level[c] += level_alpha * (work[r, c] - level[c])
             else:
@@ -289,24 +358,25 @@ def _filter_row_special(raw, i, t, r, pulses, flags, z, zi_unit, sos, work, sat_
         flags[S_RESTART] = 0
     ext_active = t <= flags[S_EXT_UNTIL]
     if ext_active:
-        for c in range(c_n):
+        for c in range(c0, c1):
             if ext_until[c] >= t:
                 level[c] += level_alpha * (work[r, c] - level[c])
             if ext_until[c] == t:
                 _restart_channel(z, zi_unit, c, level[c])
     for s in range(n_sec):
-        _biquad(work, r, z, s, sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5])
+        _biquad(work, r, z, s, sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5], c0, c1)
     if ext_active:
-        for c in range(c_n):
+        for c in range(c0, c1):
             if ext_until[c] > t:
                 work[r, c] = 0.0
 
 
 @njit(cache=True)
 def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, ys, hits, ext_until, sd_x, sd_y, chf,
-                 is_open, best, best_s, refr_until, out_s, out_c, out_a, k_out):
-    """Noise statistics, noise blocks and peak picking for rows i0..i1-1; returns the new spike count."""
-    c_n = work.shape[1]
+                 is_open, best, best_s, refr_until, out_s, out_c, out_a, k_out, c0, c1):
+    """Noise statistics, noise blocks and peak picking for rows i0..i1-1 of channels c0..c1-1; returns the new
+    end of the spikes. `flags[S_OPEN]` counts the open peaks of these channels (it only lets rows without
+    a threshold crossing skip the channel loop)."""
     pre = iparams[P_PRE]
     post = iparams[P_POST]
     peak = iparams[P_PEAK]
@@ -323,11 +393,11 @@ def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, 
         if first + i0 - post < pulses[k, 2] + extend + taps + pre and first + i1 > pulses[k, 1] - post:
             touched = True
     if not touched:
-        _add_clipped_abs_rows(chf, R_ACC, work, h + i0, h + i1, chf, R_LIM)
-        _add_clipped_abs_rows(chf, R_ACC + 1, ys, 0, i1 - i0, chf, R_LIM + 1)
+        _add_clipped_abs_rows(chf, R_ACC, work, h + i0, h + i1, chf, R_LIM, c0, c1)
+        _add_clipped_abs_rows(chf, R_ACC + 1, ys, 0, i1 - i0, chf, R_LIM + 1, c0, c1)
         flags[S_COUNT_X] += i1 - i0
         flags[S_COUNT_Y] += i1 - i0
-    _rows_above(ys, i1 - i0, chf, R_LIM + 2, hits)
+    _rows_above(ys, i1 - i0, chf, R_LIM + 2, hits, c0, c1)
     for i in range(i0, i1):
         t = first + i
         r = h + i
@@ -337,15 +407,15 @@ def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, 
         # or after the pulse onset in raw time, so a pulse announced just in time is honoured
         if touched:
             if not _in_intervals(t, pulses, 1, 2, 0, extend + taps + pre):
-                _add_clipped_abs(chf, R_ACC, work, r, chf, R_LIM)
+                _add_clipped_abs(chf, R_ACC, work, r, chf, R_LIM, c0, c1)
                 flags[S_COUNT_X] += 1
             if not _in_intervals(s_t, pulses, 1, 2, post, extend + pre):
-                _add_clipped_abs(chf, R_ACC + 1, ys, ry, chf, R_LIM + 1)
+                _add_clipped_abs(chf, R_ACC + 1, ys, ry, chf, R_LIM + 1, c0, c1)
                 flags[S_COUNT_Y] += 1
         # peaks: a local maximum above threshold, final `peak` samples later
         if flags[S_OPEN] > 0 or hits[ry]:
             suppressed = any_pulses and _in_intervals(s_t, pulses, 0, 2, 0, 0)
-            for c in range(c_n):
+            for c in range(c0, c1):
                 v = ys[ry, c]
                 if suppressed or s_t < ext_until[c]:
                     v = NEG_INF
@@ -372,5 +442,5 @@ def _detect_rows(i0, i1, first, taps, iparams, fparams, pulses, flags, work, h, 
             pos = 0
         flags[S_BLOCK_POS] = pos
         if pos == 0:
-            _end_block(flags, sd_x, sd_y, chf, block, thr_sd, clip_sd, winsor, alpha)
+            _end_block(flags, sd_x, sd_y, chf, block, thr_sd, clip_sd, winsor, alpha, c0, c1)
     return k_out

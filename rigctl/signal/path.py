@@ -23,6 +23,14 @@ from rigctl.types import Chunk, SpikeEvents
 from rigctl.yamlcheck import show
 
 STATE_VERSION = 1
+# Two conditions for the parallel kernel (measured by bench/bench_scaling.py on the 2-core machine; docs/signal.md,
+# "Scaling"): at least PARALLEL_MIN_CHANNELS channels (below, two threads lost at 1-ms chunks: waking the other
+# thread costs more than half the chunk's work), and a chunk of at least this many channel-samples, which depends
+# on what a launch costs in numba's threading layer: ~10-60 us with OpenMP or TBB, ~350 us with workqueue
+# (its threads sleep, and waking them on this VM is slow).
+PARALLEL_MIN_CHANNELS = 2048
+PARALLEL_MIN_WORK = {"omp": 2048 * 20, "tbb": 2048 * 20, "workqueue": 6144 * 100}  # channel-samples per chunk
+CHANNEL_ALIGN = 16  # block edges on 16-channel multiples: two threads never share a cache line of the float32 rows
 _EMPTY = SpikeEvents.empty()  # returned for chunks without spikes (never mutated)
 _INT16 = np.dtype(np.int16)
 
@@ -105,12 +113,39 @@ def _winsor_factor(clip_sd: float) -> float:
     return math.sqrt(2.0 / math.pi) * (1.0 - math.exp(-c * c / 2.0)) + 2.0 * c * phi_tail
 
 
+def default_threads() -> int:
+    """Threads the signal path may use: numba's pool size (NUMBA_NUM_THREADS if set, else all cores)."""
+    import numba
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def channel_blocks(n_channels: int, n_blocks: int, align: int = CHANNEL_ALIGN) -> np.ndarray:
+    """Edges [0, .., n_channels] of at most `n_blocks` contiguous, near-equal channel blocks cut on `align`
+    multiples (so two threads never write one cache line); fewer blocks when there are too few channels."""
+    units = -(-n_channels // align)
+    n_blocks = max(1, min(n_blocks, units))
+    edges = [min(n_channels, (units * b // n_blocks) * align) for b in range(n_blocks)] + [n_channels]
+    return np.array(edges, np.int64)
+
+
 class SignalPath:
-    """Filter, blank, detect, chunk by chunk. Not thread-safe; one instance per recording segment."""
+    """Filter, blank, detect, chunk by chunk. Not thread-safe; one instance per recording segment.
+
+    `threads` (default: `default_threads()`) splits the channels into that many blocks processed in parallel
+    (numba `prange`, any threading layer) when there are at least `parallel_min_channels` and a chunk holds at
+    least `parallel_min_work` channel-samples (None: PARALLEL_MIN_WORK of the threading layer); the output
+    and the state are bit-identical to one thread's, so the kernel may change from chunk to chunk and a state
+    moves between thread counts. The parallel
+    kernel holds the GIL like the serial one, so two paths in two Python threads never launch it at once
+    (the workqueue layer does not allow that).
+    """
 
     def __init__(self, n_channels: int, sample_rate_hz: float, uV_per_bit: float,
-                 config: SignalConfig = SignalConfig()):
+                 config: SignalConfig = SignalConfig(), threads: int | None = None,
+                 parallel_min_channels: int = PARALLEL_MIN_CHANNELS, parallel_min_work: int | None = None):
         config.validate(sample_rate_hz)
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads={threads}; allowed: >= 1 (or None: all of numba's threads)")
         self.n_channels = int(n_channels)
         self.sample_rate_hz = float(sample_rate_hz)
         self.uV_per_bit = float(uV_per_bit)
@@ -157,9 +192,25 @@ class SignalPath:
             level_alpha)
         # matched-filter scratch: pieces of ~8 KiB keep the output rows in L1 while all taps pass over them
         self._ys = np.zeros((max(2, 2048 // max(1, self.n_channels)), self.n_channels), np.float32)
+        self._blk_s = np.empty(0, np.int64)  # the parallel kernel's per-block spikes, before the merge
+        self._blk_c = np.empty(0, np.int32)
+        self._blk_a = np.empty(0, np.float32)
         self._spike_buf_len = 0
+        wanted = default_threads() if threads is None else min(int(threads), default_threads())
+        if self.n_channels < parallel_min_channels:
+            wanted = 1
+        blocks = channel_blocks(self.n_channels, wanted, CHANNEL_ALIGN)
+        self._bounds = blocks if len(blocks) > 2 else None  # None: the serial kernel only
+        self.threads = len(blocks) - 1  # threads this path's kernel uses on large enough chunks
+        self._widest_block = int(np.diff(blocks).max())
+        self._min_work = 0  # channel-samples from which a chunk goes to the parallel kernel (set after warm-up)
         self._reset_state()
         self._warm_up()
+        if self._bounds is not None:
+            import numba
+            layer = numba.threading_layer()  # known once a parallel kernel ran (the warm-up)
+            by_layer = PARALLEL_MIN_WORK.get(layer, max(PARALLEL_MIN_WORK.values()))
+            self._min_work = by_layer if parallel_min_work is None else int(parallel_min_work)
 
     def _warm_up(self) -> None:
         """Run the kernel once on throwaway copies of the state, so that loading the compiled code
@@ -167,10 +218,34 @@ class SignalPath:
         c = self.n_channels
         raw = np.zeros((1, c), np.int16)
         work = np.zeros((self._taps, c), np.float32)
-        K.process_chunk(raw, 0, self._taps - 1, self._sos, self._zi_unit, self._w, self._fparams, self._istate.copy(),
-                        self._pulses.copy(), self._z.copy(), work, self._ys.copy(), self._chi.copy(), self._chf.copy(),
-                        self._chb.copy(), self._sd.copy(), np.empty(c + 1, np.int64), np.empty(c + 1, np.int32),
-                        np.empty(c + 1, np.float32))
+        self._kernel(raw, 0, self._taps - 1, self._istate.copy(), self._pulses.copy(), self._z.copy(), work,
+                     self._ys.copy(), self._chi.copy(), self._chf.copy(), self._chb.copy(), self._sd.copy(),
+                     np.empty(c + 1, np.int64), np.empty(c + 1, np.int32), np.empty(c + 1, np.float32))
+
+    def threads_for(self, n_samples: int) -> int:
+        """Threads a chunk of `n_samples` runs on: 1 below the channel or the work threshold."""
+        if self._bounds is None or n_samples * self.n_channels < self._min_work:
+            return 1
+        return self.threads
+
+    def _kernel(self, raw: np.ndarray, first: int, h: int, istate: np.ndarray, pulses: np.ndarray, z: np.ndarray,
+                work: np.ndarray, ys: np.ndarray, chi: np.ndarray, chf: np.ndarray, chb: np.ndarray, sd: np.ndarray,
+                out_s: np.ndarray, out_c: np.ndarray, out_a: np.ndarray) -> int:
+        """One chunk through the serial kernel, or the parallel one (per-block spike buffers sized here)."""
+        if self.threads_for(len(raw)) == 1:
+            return K.process_chunk(raw, first, h, self._sos, self._zi_unit, self._w, self._fparams, istate, pulses, z,
+                                   work, ys, chi, chf, chb, sd, out_s, out_c, out_a)
+        n_blocks = self.threads
+        widest = self._widest_block
+        cap = len(raw) * widest // max(1, self._refractory) + widest + 1
+        if len(self._blk_s) < n_blocks * cap:
+            size = n_blocks * max(cap, 2 * (len(self._blk_s) // n_blocks))
+            self._blk_s = np.empty(size, np.int64)
+            self._blk_c = np.empty(size, np.int32)
+            self._blk_a = np.empty(size, np.float32)
+        return K.process_chunk_parallel(raw, first, h, self._sos, self._zi_unit, self._w, self._fparams, istate, pulses,
+                                        z, work, ys, chi, chf, chb, sd, self._bounds, self._blk_s, self._blk_c,
+                                        self._blk_a, out_s, out_c, out_a)
 
     # ---- state -----------------------------------------------------------------------------------------
     def _reset_state(self) -> None:
@@ -299,9 +374,8 @@ class SignalPath:
             self._out_s = np.empty(self._spike_buf_len, np.int64)
             self._out_c = np.empty(self._spike_buf_len, np.int32)
             self._out_a = np.empty(self._spike_buf_len, np.float32)
-        k = K.process_chunk(raw, first, h, self._sos, self._zi_unit, self._w, self._fparams, self._istate,
-                            self._pulses, self._z, work, self._ys, self._chi, self._chf, self._chb, self._sd,
-                            self._out_s, self._out_c, self._out_a)
+        k = self._kernel(raw, first, h, self._istate, self._pulses, self._z, work, self._ys, self._chi, self._chf,
+                         self._chb, self._sd, self._out_s, self._out_c, self._out_a)
         self._raw_end = first + n
         # forget pulses whose suppression (and the matched filter's reach past them) is over
         if len(self._pulses):
