@@ -8,11 +8,11 @@ import json
 import os
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from rigctl.errors import StoreError
+from rigctl.errors import RigctlError, StoreError
 from rigctl.figures import save_figure
 from rigctl.plate_file import PLATE_META, WELLS_DIR, Plate
 from rigctl.report import write_report
@@ -24,7 +24,8 @@ RESULTS_FILE = "plate.csv"
 COLOUR_FIGURE = "separation_last10"
 
 
-def write_plate_report(plate_dir: Path) -> Path:
+def write_plate_report(plate_dir: Path, warn: Callable[[str], None] = lambda message: None) -> Path:
+    """Every well's report (a well that cannot be reported yet is named through `warn`), then the plate's."""
     plate_dir = Path(plate_dir)
     try:
         meta = json.loads((plate_dir / PLATE_META).read_text())
@@ -37,7 +38,10 @@ def write_plate_report(plate_dir: Path) -> Path:
         status = "not run"
         if (run_dir / "run.json").is_file():
             status = str(load_run_meta(run_dir).get("status") or "not run")
-            write_report(run_dir)
+            try:
+                write_report(run_dir)
+            except RigctlError as exc:  # a well with no trials yet: the plate is reported without it
+                warn(f"well {well.name}: {exc}")
         outcomes.append(Outcome(Point(well.name, {"condition": well.condition, "seed": well.seed}), status,
                                 figures=point_figures(run_dir)))
     write_results(plate_dir, outcomes, ["condition", "seed"], RESULTS_FILE)

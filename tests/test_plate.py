@@ -99,6 +99,8 @@ def test_a_killed_plate_resumes_every_well_to_the_same_bytes(tmp_path, small_pla
     code = PLATE_KILL.format(entry="start_plate", kill_chunk=150, call=call)
     assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 137
     assert json.loads((out / "plate.json").read_text())["status"] == "running"
+    early = rigctl("report", str(out))  # an unfinished plate is reported over what it has
+    assert len((out / "plate.csv").read_text().splitlines()) == 5 and "Traceback" not in early.stderr
     rigctl("run", "--resume", str(out), "--no-progress")
     for well in ("A1", "B1", "A2", "B2"):
         assert same_run(out / "wells" / well, ref / "wells" / well), well

@@ -20,7 +20,7 @@ def _report(args: argparse.Namespace) -> int:
 
     if (Path(args.run_dir) / PLATE_META).is_file():
         from rigctl.report_plate import write_plate_report
-        path = write_plate_report(args.run_dir)
+        path = write_plate_report(args.run_dir, warn=_warn)
     elif is_sweep_dir(args.run_dir):
         path = write_sweep_report(args.run_dir)
     else:

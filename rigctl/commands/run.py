@@ -72,7 +72,9 @@ def _run_plate(args: argparse.Namespace, t0: float) -> int:
         plate_dir = start_plate(args.protocol, args.rig or "sim-plate", args.out, progress, workers=args.workers)
     print(f"plate complete in {time.monotonic() - t0:.1f} s: {plate_dir}", file=sys.stderr)
     if not args.no_report:
-        print(f"report: {write_plate_report(plate_dir)}", file=sys.stderr)
+        def warn(message: str) -> None:
+            print(f"rigctl report: warning: {message}", file=sys.stderr)
+        print(f"report: {write_plate_report(plate_dir, warn)}", file=sys.stderr)
     print(plate_dir)
     return 0
 
