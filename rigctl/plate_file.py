@@ -19,6 +19,7 @@ A condition's keys are `protocol`, `drug`, `seed` or any protocol field (dotted 
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,18 @@ class Plate:
 def well_names(rows: int, cols: int) -> list[str]:
     """Column order, as a plate is usually filled: A1, B1, ..., then A2, ..."""
     return [f"{string.ascii_uppercase[r]}{c + 1}" for c in range(cols) for r in range(rows)]
+
+
+def is_plate_dir(path: str | Path) -> bool:
+    return (Path(path) / PLATE_META).is_file()
+
+
+def read_plate_meta(plate_dir: Path) -> dict[str, Any]:
+    """plate.json of a plate directory (the plate, its rig, its status); a one-line PlateError if unreadable."""
+    try:
+        return json.loads((Path(plate_dir) / PLATE_META).read_text())
+    except (OSError, ValueError) as exc:
+        raise PlateError(f"{plate_dir}: not a plate directory ({exc})") from None
 
 
 def condition_label(condition: dict[str, Any]) -> str:

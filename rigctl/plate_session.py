@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from rigctl.engine import Protocol
 from rigctl.errors import RigctlError, SafetyViolation, StoreError
-from rigctl.plate_file import PLATE_META, WELLS_DIR, Plate, PlateError, Well, load_plate
+from rigctl.plate_file import PLATE_META, WELLS_DIR, Plate, Well, load_plate, read_plate_meta
 from rigctl.protocol import load_protocol
 from rigctl.rigs import open_rig
 from rigctl.session import OpenRun, RunOptions, _sigterm_as_interrupt, end_run, open_run, reopen_run
@@ -31,10 +31,6 @@ from rigctl.store import RunLock, check_new_run_dir, load_run_meta
 PLATE_RIGS = {"sim-plate": "sim-events", "sim-plate-voltage": "sim"}
 WELL_SAMPLE_RATE_HZ = 25000.0  # the simulated wells' rate (the plan the plate's limit is checked on)
 MAX_STIMULATING_WELLS = 24  # the plate's limit: wells that may stimulate at one sample (one stimulator bank each)
-
-
-def is_plate_dir(path: Path) -> bool:
-    return (Path(path) / PLATE_META).is_file()
 
 
 def _well_rig(rig: str) -> str:
@@ -77,14 +73,7 @@ def resume_plate(plate_dir: Path, progress: bool = True, rig_factory: Callable[.
                  workers: int = 1) -> Path:
     """Every well not complete goes on from its checkpoint (or starts, if it was never created)."""
     plate_dir = Path(plate_dir)
-    return _run_plate(plate_dir, _read_meta(plate_dir), progress, rig_factory, workers)
-
-
-def _read_meta(plate_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((plate_dir / PLATE_META).read_text())
-    except (OSError, ValueError) as exc:
-        raise PlateError(f"{plate_dir}: not a plate directory ({exc})") from None
+    return _run_plate(plate_dir, read_plate_meta(plate_dir), progress, rig_factory, workers)
 
 
 def _run_plate(plate_dir: Path, meta: dict[str, Any], progress: bool, rig_factory: Callable[..., Any],
@@ -231,7 +220,7 @@ def _worker_main(argv: list[str]) -> int:
     plate_dir, names, mode = Path(argv[0]), argv[1].split(","), argv[2]
     _sigterm_as_interrupt()
     try:
-        drive_wells(plate_dir, _read_meta(plate_dir), names, mode == "progress")
+        drive_wells(plate_dir, read_plate_meta(plate_dir), names, mode == "progress")
     except KeyboardInterrupt:
         return 130
     except RigctlError as exc:

@@ -14,7 +14,7 @@ import numpy as np
 
 from rigctl.errors import RigctlError, StoreError
 from rigctl.figures import save_figure
-from rigctl.plate_file import PLATE_META, WELLS_DIR, Plate
+from rigctl.plate_file import WELLS_DIR, Plate, read_plate_meta
 from rigctl.report import write_report
 from rigctl.report_sweep import sweep_summary
 from rigctl.store import load_run_meta
@@ -27,10 +27,7 @@ COLOUR_FIGURE = "separation_last10"
 def write_plate_report(plate_dir: Path, warn: Callable[[str], None] = lambda message: None) -> Path:
     """Every well's report (a well that cannot be reported yet is named through `warn`), then the plate's."""
     plate_dir = Path(plate_dir)
-    try:
-        meta = json.loads((plate_dir / PLATE_META).read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{plate_dir}: not a plate directory ({exc})") from None
+    meta = read_plate_meta(plate_dir)
     plate = Plate.from_json(meta["plate"])
     outcomes = []
     for well in plate.wells:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from rigctl.report import write_report
 
@@ -16,9 +15,9 @@ def _warn(message: str) -> None:
 def _report(args: argparse.Namespace) -> int:
     from rigctl.report_sweep import is_sweep_dir, write_sweep_report
 
-    from rigctl.plate_file import PLATE_META
+    from rigctl.plate_file import is_plate_dir
 
-    if (Path(args.run_dir) / PLATE_META).is_file():
+    if is_plate_dir(args.run_dir):
         from rigctl.report_plate import write_plate_report
         path = write_plate_report(args.run_dir, warn=_warn)
     elif is_sweep_dir(args.run_dir):

@@ -18,9 +18,9 @@ def _run(args: argparse.Namespace) -> int:
                          realtime=args.realtime, chunk_ms=args.chunk_ms, progress=not args.no_progress,
                          overrides=tuple(args.set))
     t0 = time.monotonic()
-    from rigctl.plate_file import PLATE_META, is_plate_file
+    from rigctl.plate_file import is_plate_dir, is_plate_file
 
-    if (args.resume and (Path(args.resume) / PLATE_META).is_file()) or (
+    if (args.resume and is_plate_dir(args.resume)) or (
             not args.resume and args.protocol and is_plate_file(args.protocol)):
         return _run_plate(args, t0)
     if args.workers != 1:
