@@ -70,8 +70,7 @@ def _shares(counts: np.ndarray) -> dict[str, float]:
     return {m: round(float(c / max(1, counts.sum())), 4) for m, c in zip(MOVE_NAMES, counts)}
 
 
-def _trajectory(info: RunInfo, episode: int) -> np.ndarray | None:
-    trials = read_records(info.path / "trials.bin", info.trial_dtype)
+def _trajectory(trials: np.ndarray, episode: int) -> np.ndarray | None:
     mine = trials[(trials["episode"] == episode) & (trials["phase"] == 0)]
     return None if not len(mine) else np.stack([mine["row"], mine["col"]], axis=1)
 
@@ -104,8 +103,9 @@ def plot_maze(summary: dict[str, Any], info: RunInfo, protocol: dict[str, Any], 
     maze = generate_maze(int(summary["seed"]), int(protocol["maze_rows"]), int(protocol["maze_cols"]))
     axes[2].imshow(maze, cmap="Greys", interpolation="nearest")
     n = len(steps)
+    trials = read_records(info.path / "trials.bin", info.trial_dtype) if n else None  # once: up to ~35 B a step
     for episode, color in ((1, "tab:orange"), (n, "tab:green")):
-        path = _trajectory(info, episode) if n else None
+        path = _trajectory(trials, episode) if n else None
         if path is not None:
             axes[2].plot(path[:, 1], path[:, 0], "-", color=color, lw=0.8, alpha=0.8, label=f"episode {episode}")
     axes[2].set(title="trajectories (first and last episode)", xticks=[], yticks=[])

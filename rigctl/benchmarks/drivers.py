@@ -84,6 +84,23 @@ def bench_pulsepal(n: int = 200) -> dict:
     return {"arm": _summary(times)}
 
 
+def _arm_times(drv, n_arms: int, ahead_samples: int, pulse_of) -> list[float]:
+    """Seconds `schedule` took for each of `n_arms` pulses (electrode k % 64, `ahead_samples` ahead) that armed a
+    trigger at once; the stream is read on until each pulse has passed."""
+    times = []
+    for k in range(n_arms):
+        before = drv.triggers_sent
+        cmd = StimCommand(drv.clock + ahead_samples, (k % 64,), pulse_of(k))
+        t = time.perf_counter()
+        drv.schedule(cmd)
+        dt = time.perf_counter() - t
+        if drv.triggers_sent == before + 1:
+            times.append(dt)
+        while drv.clock < cmd.sample + 100:
+            drv.on_chunk(drv.read().end_sample)
+    return times
+
+
 def bench_rhx(seconds: float = 10.0, n_arms: int = 60) -> dict:
     from rigctl.drivers.intan_rhx import IntanRHX
     from rigctl.sim.rhx_emulator import RHXEmulator
@@ -91,7 +108,6 @@ def bench_rhx(seconds: float = 10.0, n_arms: int = 60) -> dict:
     backend = RampBackend(64)
     emu = RHXEmulator(backend).start()
     drv = IntanRHX("127.0.0.1", emu.command_port, electrode_channels=emu.names)
-    times = []
     try:
         drv.start()
         end = int(seconds * backend.sample_rate_hz)
@@ -99,16 +115,7 @@ def bench_rhx(seconds: float = 10.0, n_arms: int = 60) -> dict:
         while drv.clock < end:
             drv.on_chunk(drv.read().end_sample)
         speed = drv.clock / backend.sample_rate_hz / (time.perf_counter() - t0)
-        for k in range(n_arms):
-            before = drv.triggers_sent
-            cmd = StimCommand(drv.clock + 6000, (k % 64,), BiphasicPulse.symmetric(10.0 + k % 3, 200.0, "uA"))
-            t = time.perf_counter()
-            drv.schedule(cmd)
-            dt = time.perf_counter() - t
-            if drv.triggers_sent == before + 1:
-                times.append(dt)
-            while drv.clock < cmd.sample + 100:
-                drv.on_chunk(drv.read().end_sample)
+        times = _arm_times(drv, n_arms, 6000, lambda k: BiphasicPulse.symmetric(10.0 + k % 3, 200.0, "uA"))
     finally:
         drv.close()
         emu.close()
@@ -146,7 +153,6 @@ def bench_maxlab(seconds: float = 10.0, n_arms: int = 40) -> dict:
     drv = MaxLab("127.0.0.1", emu.command_port, channels=list(range(64)), electrodes=default_electrodes(64),
                  data_port=emu.data_port, arm_ahead_ms=250.0)
     holder.append(drv)
-    times = []
     try:
         drv.start()
         drv.read()
@@ -154,16 +160,8 @@ def bench_maxlab(seconds: float = 10.0, n_arms: int = 40) -> dict:
         while drv.clock < s0 + int(seconds * drv.fs):
             drv.on_chunk(drv.read().end_sample)
         speed = (drv.clock - s0) / drv.fs / (time.perf_counter() - t0)
-        for k in range(n_arms):
-            before = drv.triggers_sent
-            cmd = StimCommand(drv.clock + 4000, (k % 64,), BiphasicPulse.symmetric(1000.5, 200.0, "mV"))
-            t = time.perf_counter()
-            drv.schedule(cmd)  # due within arm_ahead_ms: armed at once
-            dt = time.perf_counter() - t
-            if drv.triggers_sent == before + 1:
-                times.append(dt)
-            while drv.clock < cmd.sample + 100:
-                drv.on_chunk(drv.read().end_sample)
+        # due within arm_ahead_ms: armed at once
+        times = _arm_times(drv, n_arms, 4000, lambda k: BiphasicPulse.symmetric(1000.5, 200.0, "mV"))
     finally:
         drv.close()
         emu.close()
