@@ -24,6 +24,7 @@ import numpy as np
 
 from rigctl.layout import ElectrodeLayout
 from rigctl.model.ensembles import separation_by_session
+from rigctl.model.realism import response_figures
 from rigctl.sim.culture import Culture, CultureConfig
 from rigctl.sim.projection import ElectrodeProjection
 from rigctl.types import BiphasicPulse
@@ -58,10 +59,11 @@ class RunResult:
 
 
 def run_culture(seed: int, drug: str, mixing: float, sessions: int, sample_rate_hz: float = 25000.0,
-                config: CultureConfig | None = None, rest_s: float = 244.0) -> RunResult:
+                config: CultureConfig | None = None, rest_s: float = 244.0,
+                projection: dict | None = None) -> RunResult:
     layout = ElectrodeLayout.grid(8, 8, PITCH_UM)
     culture = Culture(layout, sample_rate_hz, seed, drug=drug, config=config)
-    proj = ElectrodeProjection(layout, culture.neuron_positions_um, seed)
+    proj = ElectrodeProjection(layout, culture.neuron_positions_um, seed, **(projection or {}))
     pulse = BiphasicPulse.symmetric(1000.0, 200.0, "mV")
     s_seq, o_seq = make_sequence(seed, mixing)
     stim = np.array(GROUP_A + GROUP_B)
@@ -116,7 +118,18 @@ def summarise(res: RunResult, last: int = 10) -> dict:
         "state_means_first": sm[:, 0].round(3).tolist(),
         "state_means_last": sm[:, -last:].mean(axis=1).round(3).tolist(),
         "seconds": res.seconds,
+        "response": response_figures(res.s, res.r, res.session, (GROUP_A, GROUP_B)).as_dict(),
     }
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _realism(fig: dict) -> str:
+    ratio = "/".join(_fmt(v) for v in fig["source_ratio"])
+    share = "/".join("-" if v is None else f"{v:.2f}" for v in fig["own_stim_share"])
+    return f"{fig['gain']:+6.2f} {ratio:>11s} {share:>9s}"
 
 
 def check_criteria(runs: dict) -> list[str]:
@@ -156,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", type=int, default=100)
     ap.add_argument("--sample-rate", type=float, default=25000.0)
     ap.add_argument("--set", nargs="*", default=[], help="CultureConfig overrides, e.g. eta_plus=0.05")
+    ap.add_argument("--proj", nargs="*", default=[], help="ElectrodeProjection overrides, e.g. d0_um=20")
     ap.add_argument("--json", help="write all figures to this file")
     ap.add_argument("--check", nargs="+", metavar="JSON", help="only print the acceptance figures of saved runs")
     args = ap.parse_args(argv)
@@ -171,20 +185,21 @@ def main(argv: list[str] | None = None) -> int:
         key, val = item.split("=", 1)
         overrides[key] = type(getattr(CultureConfig(), key))(val)
     config = CultureConfig(**overrides)
-    out: dict = {"sessions": args.sessions, "overrides": overrides, "runs": {}}
+    out: dict = {"sessions": args.sessions, "overrides": overrides, "projection": args.proj, "runs": {}}
     last = min(10, args.sessions)
     print(f"{'condition':12s} {'seed':>4s} {'sep91-100':>9s} {'|G1|':>4s} {'|G2|':>4s} {'evoked':>7s} "
-          f"{'ev.s1':>6s} {'ev.last':>7s} {'resp':>4s} {'spont':>6s} {'sec':>6s}")
+          f"{'ev.s1':>6s} {'ev.last':>7s} {'resp':>4s} {'spont':>6s} {'sec':>6s} {'gain':>6s} {'ratio':>11s} {'share':>9s}")
     for cond in args.conditions:
         drug, mixing = CONDITIONS[cond]
         for seed in args.seeds:
-            res = run_culture(seed, drug, mixing, args.sessions, args.sample_rate, config)
+            res = run_culture(seed, drug, mixing, args.sessions, args.sample_rate, config,
+                              projection={k: float(v) for k, v in (item.split("=", 1) for item in args.proj)})
             summ = summarise(res, last)
             out["runs"][f"{cond}/{seed}"] = summ
             print(f"{cond:12s} {seed:4d} {summ['separation_last']:9.3f} {len(summ['g1']):4d} {len(summ['g2']):4d} "
                   f"{summ['evoked_mean']:7.3f} {summ['evoked_first_session']:6.3f} "
                   f"{summ['evoked_last_sessions']:7.3f} {summ['responsive_electrodes']:4d} "
-                  f"{summ['spont_per_window']:6.3f} {summ['seconds']:6.1f}", flush=True)
+                  f"{summ['spont_per_window']:6.3f} {summ['seconds']:6.1f} {_realism(summ['response'])}", flush=True)
     lines = check_criteria(out["runs"])
     if lines:
         print("\n".join(lines))

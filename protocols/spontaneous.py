@@ -27,10 +27,10 @@ class SpontaneousFile(ProtocolFile):
     duration_s: float = spec(600.0, ge=1.0, le=7 * 86400.0, about="seconds recorded")
     raw: Literal["all", "none"] = "none"
     spikes: Literal["all"] = "all"
-    burst_n: int = spec(10, ge=2, le=10000, about="N of ISI_N: spikes in a burst's window")
-    burst_isi_n_ms: float = spec(100.0, ge=1.0, le=10000.0, about="ms within which N consecutive spikes fall in a "
+    burst_n: int = spec(50, ge=2, le=10000, about="N of ISI_N: spikes in a burst's window")
+    burst_isi_n_ms: float = spec(25.0, ge=1.0, le=10000.0, about="ms within which N consecutive spikes fall in a "
                                                                  "burst")
-    burst_min_electrodes: int = spec(4, ge=1, le=4096, about="electrodes a network burst must involve")
+    burst_min_electrodes: int = spec(8, ge=1, le=4096, about="electrodes a network burst must involve")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,58 @@ def ensemble_analysis(t: dict[str, np.ndarray]) -> dict[str, Any] | None:
     }
 
 
+def _source_electrodes(run_dir: Path, n_sources: int) -> tuple | None:
+    """Electrodes that stimulate for each source: the protocol's stim_groups in order (group 1 copies source 1)."""
+    from rigctl.yamlcheck import load_located
+
+    path = run_dir / "protocol.yaml"
+    if not path.exists():
+        return None
+    groups = (load_located(path, error=StoreError).data or {}).get("stim_groups")
+    if not isinstance(groups, dict) or len(groups) != n_sources:
+        return None
+    return tuple(np.asarray(list(g), np.int64) for g in groups.values())
+
+
+def response_analysis(t: dict[str, np.ndarray], run_dir: Path) -> dict[str, Any] | None:
+    """How the raw responses look (issue 16; rigctl.model.realism): gain, each ensemble's response to its
+    source over the other state, its share of its source's stimulating electrodes, sizes, spontaneous count."""
+    groups = _source_electrodes(run_dir, t["s"].shape[1])
+    if groups is None or t["s"].shape[1] != 2:
+        return None
+    from rigctl.model.realism import response_figures
+
+    try:
+        fig = response_figures(t["s"], t["r"], t["session"], groups)
+    except Exception as exc:  # too few sessions or states for the figures: a finding, not a crash
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {**fig.as_dict(), "definition": RESPONSE_DEFINITION}
+
+
+RESPONSE_DEFINITION = (
+    "gain: mean evoked count per electrode (steps with a stimulus), last 10 sessions over first 10, minus 1; "
+    "source_ratio: per ensemble (G1, G2 of spec 2.2), its mean count on steps with its source on over steps "
+    "with it off, sessions 1-10 (on_off_counts: the two means); own_stim_share: fraction of the ensemble's "
+    "electrodes that stimulate for its source; spont_per_window: mean count per electrode on steps with "
+    "s = (0, 0) (nothing stimulated)")
+
+
+def response_lines(response: dict[str, Any]) -> list[str]:
+    """The figures of `response_analysis` as lines for the terminal."""
+    if not response or "error" in response:
+        return []
+
+    def fmt(v, spec=".2f"):
+        return "-" if v is None else format(v, spec)
+
+    return [f"responses: gain {response['gain']:+.2f} (last 10 / first 10 sessions - 1); ensembles "
+            f"{response['ensemble_sizes'][0]} / {response['ensemble_sizes'][1]} electrodes; response to own "
+            f"source / other state (sessions 1-10) {fmt(response['source_ratio'][0], '.1f')} / "
+            f"{fmt(response['source_ratio'][1], '.1f')}; share of own stimulating electrodes "
+            f"{fmt(response['own_stim_share'][0])} / {fmt(response['own_stim_share'][1])}; spontaneous "
+            f"{response['spont_per_window']:.3f} per electrode per window"]
+
+
 def build_summary(run_dir: Path) -> dict[str, Any]:
     """The report's content. `run_status` is run.json's status (complete, running, interrupted, failed, or
     "not recorded"); a run that is not complete is summarised over the trials it has."""
@@ -90,6 +142,9 @@ def build_summary(run_dir: Path) -> dict[str, Any]:
     ens = ensemble_analysis(t)
     if ens is not None:
         summary["ensembles"] = ens
+    response = response_analysis(t, run_dir)
+    if response is not None:
+        summary["response"] = response
     model: dict[str, Any] = {}
     for row in model_rows:
         if row.get("model") == "selectivity":

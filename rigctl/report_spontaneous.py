@@ -44,6 +44,17 @@ def detect_bursts(sample: np.ndarray, channel: np.ndarray, n: int, isi_n_samples
     return out
 
 
+WINDOW_S = 0.020
+
+
+def _interval_cv(starts: list[int]) -> float | None:
+    """Coefficient of variation of the intervals between burst onsets (1 for a Poisson process)."""
+    if len(starts) < 3:
+        return None
+    iv = np.diff(np.asarray(starts, np.float64))
+    return round(float(iv.std() / iv.mean()), 4)
+
+
 def spontaneous_summary(info: RunInfo, protocol: dict[str, Any]) -> dict[str, Any]:
     fs = float(info.meta["sample_rate_hz"])
     n_electrodes = info.meta["shapes"]["n_electrodes"]
@@ -60,15 +71,21 @@ def spontaneous_summary(info: RunInfo, protocol: dict[str, Any]) -> dict[str, An
     n, isi_n_ms = int(protocol["burst_n"]), float(protocol["burst_isi_n_ms"])
     bursts = detect_bursts(sample, channel, n, int(round(isi_n_ms * 1e-3 * fs)), int(protocol["burst_min_electrodes"]))
     durations_ms = [(b - a) / fs * 1000 for a, b, _, _ in bursts]
+    in_bursts = sum(b[2] for b in bursts)
     return {
         "duration_s": round(duration_s, 3), "spikes": int(len(sample)),
         "firing_rate_hz": np.round(rates, 4).tolist(),
         "mean_firing_rate_hz": round(float(rates.mean()), 4),
+        # the paper's response window is 20 ms: this is what an unstimulated window holds on average
+        "count_per_20ms_window": round(float(rates.mean()) * WINDOW_S, 4),
         "active_electrodes": int((rates >= 0.1).sum()),
         "bursts": {"method": "ISI_N (Bakkum et al., Front. Comput. Neurosci. 7:193, 2014)", "n": n,
                    "isi_n_ms": isi_n_ms, "min_electrodes": int(protocol["burst_min_electrodes"]),
                    "count": len(bursts), "rate_per_min": round(len(bursts) / duration_s * 60, 4),
                    "mean_duration_ms": round(float(np.mean(durations_ms)), 3) if bursts else None,
+                   "median_duration_ms": round(float(np.median(durations_ms)), 3) if bursts else None,
+                   "interval_cv": _interval_cv([b[0] for b in bursts]),
+                   "fraction_of_spikes": round(in_bursts / len(sample), 4) if len(sample) else None,
                    "mean_spikes": round(float(np.mean([b[2] for b in bursts])), 2) if bursts else None,
                    "list": [{"start_s": round(a / fs, 4), "end_s": round(b / fs, 4), "spikes": k, "electrodes": m}
                             for a, b, k, m in bursts[:1000]]},

@@ -202,6 +202,15 @@ def point_figures(run_dir: Path) -> dict[str, Any]:
     err = [x for x in online.get("err_x") or [] if isinstance(x, (int, float)) and math.isfinite(x)]
     if err:
         figures["err_x_last10"] = round(sum(err[-10:]) / len(err[-10:]), 5)
+    response = summary.get("response") or {}
+    if "gain" in response:
+        figures["gain"] = round(response["gain"], 4)
+        for i in range(2):
+            figures[f"g{i + 1}_size"] = response["ensemble_sizes"][i]
+            ratio, share = response["source_ratio"][i], response["own_stim_share"][i]
+            figures[f"g{i + 1}_source_ratio"] = None if ratio is None else round(ratio, 3)
+            figures[f"g{i + 1}_own_stim_share"] = None if share is None else round(share, 3)
+        figures["spont_per_window"] = round(response["spont_per_window"], 4)
     task = summary.get("task") or {}
     figures.update({k: task[k] for k in TASK_FIGURES if k in task})
     return figures
@@ -209,8 +218,10 @@ def point_figures(run_dir: Path) -> dict[str, Any]:
 
 TASK_FIGURES = ("episodes", "success_first10", "success_last10", "median_steps_first10", "median_steps_last10",
                 "rallies", "hits_per_rally_first", "hits_per_rally_rest", "ace_fraction_first", "ace_fraction_rest")
-FIGURE_COLUMNS = ("trials", "mean_evoked_per_trial", "separation_last10", "L_first", "L_last", "err_x_last10",
-                  *TASK_FIGURES)
+RESPONSE_FIGURES = ("gain", "g1_size", "g2_size", "g1_source_ratio", "g2_source_ratio", "g1_own_stim_share",
+                    "g2_own_stim_share", "spont_per_window")
+FIGURE_COLUMNS = ("trials", "mean_evoked_per_trial", "separation_last10", *RESPONSE_FIGURES, "L_first", "L_last",
+                  "err_x_last10", *TASK_FIGURES)
 
 
 @dataclass

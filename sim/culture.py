@@ -42,9 +42,9 @@ class CultureConfig:
     out_degree_exc: float = 60.0  # mean synapses made by an E neuron
     out_degree_inh: float = 80.0  # mean synapses made by an I neuron
     # -- synaptic efficacies, as the peak PSP they cause in a resting target (mV)
-    epsp_ee_mV: float = 2.5  # session-1 evoked ~1.6-2 spikes/electrode/trial (released: 0.4-5.4, 0 % mixing 2.6-4.6)
-    epsp_ei_mV: float = 3.0
-    ipsp_ie_mV: float = 4.0
+    epsp_ee_mV: float = 1.0  # session-1 evoked ~1.6-2 spikes/electrode/trial (released: 0.4-5.4, 0 % mixing 2.6-4.6)
+    epsp_ei_mV: float = 1.5
+    ipsp_ie_mV: float = 2.0
     ipsp_ii_mV: float = 2.0
     weight_cv: float = 0.3  # lognormal spread of initial weights
     # -- neurons (mV relative to rest; LIF)
@@ -67,12 +67,19 @@ class CultureConfig:
     delay_min_ms: float = 0.5  # synaptic delay
     conduction_um_per_ms: float = 300.0  # unmyelinated axons in culture: 0.1-0.5 m/s
     # -- spontaneous firing (Poisson; dissociated cortical cultures fire ~0.5-5 Hz per neuron)
-    spont_exc_hz: float = 1.5
-    spont_inh_hz: float = 3.0
+    spont_exc_hz: float = 0.9
+    spont_inh_hz: float = 1.8
     # -- time discretisation
     dt_ms: float = 0.5  # fine step
     fine_window_ms: float = 32.0  # integrate the network this long after each pulse (window ends at 30)
     spont_block_steps: int = 2000  # spontaneous spikes are drawn per block of fine steps (1 s)
+    # -- spontaneous network bursts (docs/culture.md: rate and duration of mature rat cortical cultures)
+    burst_rate_per_min: float = 6.0  # burst onsets, a Poisson process
+    burst_duration_ms: float = 200.0  # median duration of a neuron's participation (lognormal)
+    burst_duration_sigma: float = 0.5  # ...its log-sd; capped at half a spontaneous block
+    burst_speed_um_per_ms: float = 100.0  # spread from a random leader neuron (cultures: ~50-200 mm/s)
+    burst_participation: float = 0.7  # fraction of neurons that fire in a burst
+    burst_rate_hz: float = 50.0  # a participating neuron's firing rate during the burst
     # -- stimulation
     electrode_impedance_kohm: float = 50.0  # voltage pulses: I = V / Z (1 V -> 20 uA)
     act_uA_per_um2: float = 0.005  # current-distance constant k of I_th = I0 + k d^2 (5000 uA/mm^2)
@@ -82,19 +89,24 @@ class CultureConfig:
     chronaxie_us: float = 200.0  # strength-duration: drive scales with (1 + c/200 us) / (1 + c/phase_us)
     latency_min_ms: float = 1.0  # direct activation latency range
     latency_max_ms: float = 3.0
+    act_threshold_inh: float = 2.0  # interneurons' activation threshold relative to pyramidal cells'
+    local_drive_mV: float = 100.0  # slow excitatory drive a pulse leaves in neurons near its electrode (docs)
+    local_drive_cap: float = 2.0  # ...scaled by the neuron's drive ratio I / I_th(d), capped here
+    local_drive_inh: float = 1.0  # ...and by this factor in interneurons
     # -- plasticity (E->E synapses)
     tau_plus_ms: float = 20.0
     tau_minus_ms: float = 20.0
-    eta_plus: float = 0.004  # potentiation rate per pre-post pairing (soft bound to w_max); the rise mostly within ~20 sessions
-    eta_minus: float = 0.005  # depression rate per post-pre pairing (soft bound to w_min)
-    w_max_factor: float = 1.5  # w_max = factor x mean initial E->E weight (bounds the gain rise: 1.4-1.8x over a run)
+    eta_plus: float = 0.008  # potentiation per pre-post pairing (soft bound to w_max); above eta_minus: co-active inputs grow
+    eta_het: float = 0.004  # heterosynaptic depression per presynaptic spike while the target's gate is closed
+    eta_minus: float = 0.003  # depression rate per post-pre pairing (soft bound to w_min)
+    w_max_factor: float = 2.0  # w_max = factor x mean initial E->E weight
     w_min_factor: float = 0.0
     scaling_rate: float = 1.0  # synaptic scaling after each evoked window: fraction (log space) of the way
     # back to each neuron's initial summed E->E input (1 = exact normalisation; 0 = off)
     gate_th_mV: float = 10.0  # NMDA-like gate: net synaptic drive at the spike above which LTP starts
     gate_width_mV: float = 6.0  # ...and reaches full strength gate_th + width
     # -- drugs (see sim/drugs.py)
-    bicuculline_block: float = 0.4
+    bicuculline_block: float = 0.6
     diazepam_gain: float = 2.4
     diazepam_tau_scale: float = 1.5
 
@@ -179,7 +191,7 @@ class Culture:
                                     for j in range(n)])
         # stimulation: per-neuron activation threshold factor
         s = math.sqrt(math.log(1.0 + cfg.act_threshold_cv ** 2))
-        self._act_factor = rng.lognormal(-0.5 * s * s, s, n)
+        self._act_factor = rng.lognormal(-0.5 * s * s, s, n) * np.where(self.is_exc, 1.0, cfg.act_threshold_inh)
         self._d_elec = np.sqrt(((self.neuron_positions_um[:, None, :] - pos[None, :, :]) ** 2).sum(-1))
         rate = np.where(self.is_exc, cfg.spont_exc_hz, cfg.spont_inh_hz)
         self._p_step = (rate * cfg.dt_ms * 1e-3).astype(np.float64)
@@ -202,7 +214,7 @@ class Culture:
             "gate_width": cfg.gate_width_mV, "plastic": 1.0 if self.effect.plasticity else 0.0,
             "w_min": self._w_min, "stp_u": cfg.stp_u, "decay_rec": math.exp(-dt / cfg.tau_rec_ms),
             "decay_sn": math.exp(-dt / cfg.tau_nmda_ms),
-            "nmda_jump": cfg.nmda_ratio * self.effect.nmda_drive_scale * cfg.tau_syn_exc_ms / cfg.tau_nmda_ms,
+            "eta_het": cfg.eta_het, "nmda_jump": cfg.nmda_ratio * self.effect.nmda_drive_scale * cfg.tau_syn_exc_ms / cfg.tau_nmda_ms,
         }
         return np.array([vals[name] for name in ck.P_NAMES], np.float64)
 
@@ -286,14 +298,36 @@ class Culture:
         lat_ms = cfg.latency_min_ms + lat * (cfg.latency_max_ms - cfg.latency_min_ms)
         self._forced[fire] = k + np.maximum(1, np.round(lat_ms / cfg.dt_ms)).astype(np.int64)
         self._fine_end = max(self._fine_end, k + self._fine_steps)
+        if cfg.local_drive_mV > 0:
+            self._relax_to(k)
+            scale = np.where(self.is_exc, 1.0, cfg.local_drive_inh) * self.effect.nmda_drive_scale
+            self._IN += cfg.local_drive_mV * np.minimum(ratio, cfg.local_drive_cap) * scale
 
     # ---- simulation -----------------------------------------------------------------------------------
     def _block(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Spontaneous spikes of block b as (step, neuron, sample), sorted by (sample, neuron)."""
         if self._block_cache is None or self._block_cache[0] != b:
-            self._block_cache = (b, *ck.spont_block(self.seed, b, self.config.spont_block_steps,
-                                                     self._p_step, self._spp))
+            self._block_cache = (b, *self._draw_block(b))
         return self._block_cache[1:]
+
+    def _draw_block(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Background Poisson spikes and network-burst spikes of block b, merged, sorted by (sample, neuron)
+        (a neuron spiking twice in one step counts once)."""
+        cfg = self.config
+        st, nr, smp = ck.spont_block(self.seed, b, cfg.spont_block_steps, self._p_step, self._spp)
+        if cfg.burst_rate_per_min <= 0:
+            return st, nr, smp
+        bst, bnr = ck.burst_block(
+            self.seed, b, cfg.spont_block_steps, self.neuron_positions_um[:, 0], self.neuron_positions_um[:, 1],
+            cfg.burst_rate_per_min / 60.0 * cfg.spont_block_steps * cfg.dt_ms * 1e-3,
+            cfg.burst_duration_ms / cfg.dt_ms, cfg.burst_duration_sigma, cfg.burst_speed_um_per_ms * cfg.dt_ms,
+            cfg.burst_participation, cfg.burst_rate_hz * cfg.dt_ms * 1e-3)
+        if bst.size == 0:
+            return st, nr, smp
+        bsmp = ck.spike_samples_array(self.seed, bst, bnr, self._spp)
+        st, nr, smp = np.concatenate((st, bst)), np.concatenate((nr, bnr)), np.concatenate((smp, bsmp))
+        _, first = np.unique(smp * self.n_neurons + nr, return_index=True)
+        return st[first], nr[first], smp[first]
 
     def _spont(self, ka: int, kb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Spontaneous spikes (step, neuron, sample) in steps [ka, kb), sorted by (sample, neuron)."""
@@ -311,11 +345,17 @@ class Culture:
         _, nr, smp = self._spont(ka, kb)
         return smp, nr
 
-    def _fine(self, ka: int, kb: int) -> tuple[np.ndarray, np.ndarray]:
+    def _relax_to(self, ka: int) -> None:
+        """Bring the state to the end of step ka - 1 (analytic relaxation over the coarse steps since the
+        last fine one); a no-op inside a fine window."""
         if self._last_fine != ka - 1:
             gap = ka - 1 - self._last_fine if self._last_fine >= 0 else 10 ** 6
             ck.decay_state(gap, self._prm, self.is_exc, self._V, self._IE, self._II, self._IN, self._A, self._xpre,
                            self._ypost, self._ring_e, self._ring_i, self._refr, self._R)
+            self._last_fine = ka - 1
+
+    def _fine(self, ka: int, kb: int) -> tuple[np.ndarray, np.ndarray]:
+        self._relax_to(ka)
         st, nr, _ = self._spont(ka, kb)
         out_s = np.empty(256, np.int64)
         out_n = np.empty(256, np.int32)

@@ -15,12 +15,15 @@ STREAM_OFFSET = 2
 STREAM_NOISE = 3
 STREAM_PULSE = 4
 STREAM_LATENCY = 5
+STREAM_BURST = 6
+STREAM_BURST_SPIKE = 7
 
 # layout of the float64 parameter vector handed to `run_fine` (names -> index)
 P_NAMES = (
     "dt_ms", "spp", "v_th", "v_reset", "decay_m_e", "decay_m_i", "decay_se", "decay_si", "decay_a",
     "a_inc", "ref_e", "ref_i", "noise_sd", "decay_pre", "decay_post", "eta_plus", "eta_minus",
     "w_max", "gate_th", "gate_width", "plastic", "w_min", "stp_u", "decay_rec", "decay_sn", "nmda_jump",
+    "eta_het",
 )
 P = {name: i for i, name in enumerate(P_NAMES)}
 # the same indices as module constants (numba reads globals of int type as compile-time constants)
@@ -50,6 +53,7 @@ I_STP_U = 22
 I_DECAY_REC = 23
 I_DECAY_SN = 24
 I_NMDA_JUMP = 25
+I_ETA_HET = 26
 
 
 @njit(cache=True, inline="always")
@@ -117,15 +121,7 @@ def spont_block(seed, block, steps_per_block, p_step, spp):
     base = block * steps_per_block
     for n in range(n_neurons):
         lam = p_step[n] * steps_per_block
-        u = hash_u01(seed, STREAM_SPONT, block, 2 * n)
-        # inverse-CDF Poisson draw
-        p = np.exp(-lam)
-        c = p
-        count = 0
-        while u > c and count < 50:
-            count += 1
-            p *= lam / count
-            c += p
+        count = _poisson(hash_u01(seed, STREAM_SPONT, block, 2 * n), lam)
         for j in range(count):
             if m == steps.shape[0]:
                 steps = np.concatenate((steps, np.empty(m, np.int64)))
@@ -142,6 +138,67 @@ def spont_block(seed, block, steps_per_block, p_step, spp):
         key[i] = samples[i] * n_neurons + neurons[i]
     order = np.argsort(key)
     return steps[:m][order], neurons[:m][order], samples[order]
+
+
+@njit(cache=True, inline="always")
+def _poisson(u, lam):
+    """Inverse-CDF Poisson draw for a small mean (capped at 50)."""
+    p = np.exp(-lam)
+    c = p
+    count = 0
+    while u > c and count < 50:
+        count += 1
+        p *= lam / count
+        c += p
+    return count
+
+
+@njit(cache=True)
+def burst_block(seed, block, steps_per_block, pos_x, pos_y, bursts_per_block, duration_steps, duration_sigma,
+                speed_um_per_step, participation, p_step_in_burst):
+    """Spikes of spontaneous network bursts that fall in block `block` (bursts start in this block or the one
+    before; a burst lasts less than half a block, so none reaches further). Bursts start as a Poisson process;
+    each spreads from a random leader neuron at `speed_um_per_step`; a participating neuron fires as a Poisson
+    process of p_step_in_burst per step for the burst's duration (lognormal: median duration_steps, sigma
+    duration_sigma) from the moment the wave reaches it. Returns (step, neuron), unsorted."""
+    n_neurons = pos_x.shape[0]
+    steps = np.empty(64, np.int64)
+    neurons = np.empty(64, np.int32)
+    m = 0
+    lo = block * steps_per_block
+    hi = lo + steps_per_block
+    max_dur = steps_per_block // 2
+    for src in range(block - 1, block + 1):
+        if src < 0:
+            continue
+        n_bursts = _poisson(hash_u01(seed, STREAM_BURST, src, 0), bursts_per_block)
+        for b in range(n_bursts):
+            onset = src * steps_per_block + np.int64(hash_u01(seed, STREAM_BURST, src, 1 + 4 * b) * steps_per_block)
+            u1 = max(hash_u01(seed, STREAM_BURST, src, 2 + 4 * b), 1e-12)
+            u2 = hash_u01(seed, STREAM_BURST, src, 3 + 4 * b)
+            z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+            dur = min(max_dur, max(1, np.int64(duration_steps * np.exp(duration_sigma * z))))
+            leader = np.int64(hash_u01(seed, STREAM_BURST, src, 4 + 4 * b) * n_neurons)
+            for n in range(n_neurons):
+                if hash_u01(seed, STREAM_BURST_SPIKE, onset, 2 * n) >= participation:
+                    continue
+                d = np.sqrt((pos_x[n] - pos_x[leader]) ** 2 + (pos_y[n] - pos_y[leader]) ** 2)
+                start = onset + np.int64(d / speed_um_per_step)
+                if start >= hi or start + dur <= lo:
+                    continue
+                count = _poisson(hash_u01(seed, STREAM_BURST_SPIKE, onset, 2 * n + 1), p_step_in_burst * dur)
+                for j in range(count):
+                    v = hash_u01(seed, STREAM_BURST_SPIKE, onset, 2 * n_neurons * (j + 1) + 2 * n)
+                    k = start + np.int64(v * dur)
+                    if k < lo or k >= hi:
+                        continue
+                    if m == steps.shape[0]:
+                        steps = np.concatenate((steps, np.empty(m, np.int64)))
+                        neurons = np.concatenate((neurons, np.empty(m, np.int32)))
+                    steps[m] = k
+                    neurons[m] = n
+                    m += 1
+    return steps[:m], neurons[:m]
 
 
 @njit(cache=True)
@@ -208,6 +265,7 @@ def run_fine(k0, k1, seed, prm, is_exc, V, IE, II, IN, A, xpre, ypost, refr, for
     decay_m = np.where(is_exc, dme, dmi)
     dsn = prm[I_DECAY_SN]
     nmda_jump = prm[I_NMDA_JUMP]
+    eta_h = prm[I_ETA_HET]
     sp_i = 0
     n_sp = sp_step.shape[0]
     spiked = np.zeros(n_neurons, np.bool_)
@@ -281,7 +339,12 @@ def run_fine(k0, k1, seed, prm, is_exc, V, IE, II, IN, A, xpre, ypost, refr, for
             for s in range(out_ptr[n], out_ptr[n + 1]):
                 q = post[s]
                 if plastic and plastic_syn[s]:
-                    w[s] -= eta_m * ypost[q] * (w[s] - w_min)
+                    # spike-timing depression, and heterosynaptic depression of an input that arrives while
+                    # its target is not depolarised (its NMDA-like gate closed): inputs that fire when their
+                    # target does not lose weight, which synaptic scaling hands to those that fire with it
+                    gq = (IE[q] + IN[q] - II[q] - gate_th) / gate_w
+                    gq = 0.0 if gq < 0.0 else (1.0 if gq > 1.0 else gq)
+                    w[s] -= (eta_m * ypost[q] + eta_h * (1.0 - gq)) * (w[s] - w_min)
                 t = (k + delay[s]) % D
                 if exc:
                     ring_e[t, q] += w[s] * rel

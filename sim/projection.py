@@ -4,8 +4,9 @@ Amplitude model: a neuron's negative trough at distance d from an electrode is
     a(d) = -A_n / (1 + (d / d0)^2),
 with A_n its trough amplitude at the electrode surface (lognormal across neurons) and d0 ~ the soma's
 height above the planar electrode (a point-source-like fall-off that becomes dipole-like far away).
-With the defaults (median A_n 150 uV, d0 35 um) a spike is detectable at 3 x 6 uV noise within ~95 um, so
-an electrode sees ~5-8 neurons, as MEA recordings of dense cultures do (1-several units per electrode).
+With the defaults (median A_n 150 uV, d0 20 um) a spike is detectable at 3 x 6 uV noise within ~100 um, so
+an electrode sees ~4 neurons, as MEA recordings of cultures do (1-several units per electrode), and electrodes
+200 um apart do not share them (issue 16: what an electrode records is its own neighbourhood).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class ElectrodeProjection:
 
     def __init__(self, layout: ElectrodeLayout, neuron_positions_um: np.ndarray, seed: int,
                  noise_rms_uV: float = 6.0, amplitude_median_uV: float = 150.0, amplitude_cv: float = 0.4,
-                 d0_um: float = 35.0, floor_uV: float = 2.0):
+                 d0_um: float = 20.0, floor_uV: float = 2.0):
         self.noise_rms_uV = float(noise_rms_uV)
         self.floor_uV = float(floor_uV)
         rng = np.random.default_rng([int(seed), 0x9A0EC7])

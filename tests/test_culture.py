@@ -99,6 +99,10 @@ def test_evoked_exceeds_spontaneous_and_depends_on_site():
     assert np.abs(left - right).max() > 1.0
     assert np.corrcoef(left, right)[0, 1] < 0.8
     assert (left[cols < 4].sum() - right[cols < 4].sum()) != pytest.approx(0.0)
+    # issue 16: the response is local, as in the released cultures: stimulating the left group, its own
+    # electrodes respond several times more than the right group's, and the other way round
+    assert left[LEFT].mean() > 3 * left[RIGHT].mean()
+    assert right[RIGHT].mean() > 3 * right[LEFT].mean()
 
 
 def test_drugs_shift_excitability():

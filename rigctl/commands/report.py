@@ -30,13 +30,21 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def print_task_figures(summary_path) -> None:
-    """A task run's or task sweep's headline figures on stderr (learning curve ends, rallies)."""
+    """A run's headline figures on stderr: a task's (learning curve ends, rallies), a BSS run's responses, a
+    spontaneous run's bursts."""
     import json
 
+    from rigctl.report import response_lines
     from rigctl.report_task import task_lines
 
     summary = json.loads(open(summary_path).read())
-    lines = task_lines(summary.get("task") or {})
+    lines = task_lines(summary.get("task") or {}) + response_lines(summary.get("response") or {})
+    sp = summary.get("spontaneous") or {}
+    if sp.get("bursts"):
+        b = sp["bursts"]
+        lines.append(f"spontaneous: {sp['count_per_20ms_window']:.3f} spikes per electrode per 20-ms window; "
+                     f"{b['count']} network bursts ({b['rate_per_min']:.1f} per min, median "
+                     f"{b['median_duration_ms'] or 0:.0f} ms, {100 * (b['fraction_of_spikes'] or 0):.0f} % of spikes)")
     for label, entry in (summary.get("conditions") or {}).items():
         pooled = entry.get("episodes_pooled")
         if pooled:
