@@ -101,13 +101,27 @@ def plot_spontaneous(summary: dict[str, Any], spikes_path: Path, fs: float, out_
 
     sp = summary["spontaneous"]
     rates = np.asarray(sp["firing_rate_hz"])
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5), gridspec_kw={"width_ratios": [2, 2, 1.3]})
     spikes = read_records(spikes_path, SPIKE_DTYPE)
-    shown = spikes[: 200_000]
-    axes[0].plot(shown["sample"] / fs, shown["channel"], "k|", ms=2)
-    for b in sp["bursts"]["list"]:
+    t_s = spikes["sample"] / fs
+    bursts = sp["bursts"]["list"]
+    if len(t_s):
+        # the whole recording as the array's spike rate (50-ms bins): bursts are the spikes of it
+        edges = np.arange(0.0, t_s.max() + 0.05, 0.05)
+        counts, _ = np.histogram(t_s, edges)
+        axes[0].plot(edges[:-1], counts / 0.05, "k-", lw=0.5)
+    for b in bursts:
         axes[0].axvspan(b["start_s"], b["end_s"], color="r", alpha=0.2)
-    axes[0].set(xlabel="time (s)", ylabel="electrode", title=f"raster ({sp['bursts']['count']} network bursts)")
+    axes[0].set(xlabel="time (s)", ylabel="array spikes / s (50-ms bins)",
+                title=f"{sp['bursts']['count']} network bursts ({sp['bursts']['rate_per_min']:.1f} per min)")
+    t0 = float(t_s.min()) if len(t_s) else 0.0
+    shown = (t_s >= t0) & (t_s < t0 + 30.0)  # a raster of 30 s: single spikes stay visible
+    axes[1].plot(t_s[shown], spikes["channel"][shown], "k|", ms=2)
+    for b in bursts:
+        if b["start_s"] < t0 + 30.0:
+            axes[1].axvspan(b["start_s"], min(b["end_s"], t0 + 30.0), color="r", alpha=0.2)
+    axes[1].set(xlabel="time (s)", ylabel="electrode", title="raster, first 30 s")
+    axes = [axes[0], axes[2]]
     if len(rates) == 64:
         im = axes[1].imshow(rates.reshape(8, 8), cmap="viridis")
         fig.colorbar(im, ax=axes[1], label="Hz")

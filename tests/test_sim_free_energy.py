@@ -33,5 +33,8 @@ def test_free_energy_falls_on_a_learning_sim_run_and_not_with_plasticity_blocked
         L = np.asarray(_online_fit(tmp_path, "--drug", drug)["L"])
         assert L.shape == (SESSIONS,) and np.isfinite(L).all()
         drop[drug] = float(L[0] - L[-5:].mean())
-    assert drop["none"] > 300, drop  # measured 669 (seed 0)
-    assert abs(drop["apv"]) < 100, drop  # measured 17
+    # measured 265 vs 34 (seed 0; the issue-16 culture learns by small relative changes, as the released ones
+    # do; the culture before it, whose separation came from a gain rise, dropped 669)
+    assert drop["none"] > 150, drop
+    assert drop["none"] > 4 * abs(drop["apv"]), drop
+    assert abs(drop["apv"]) < 100, drop
