@@ -106,7 +106,7 @@ class VoltageRenderer:
     def _noise(self, out: np.ndarray, first_sample: int) -> None:
         """The noise of samples first_sample .. + len(out), through the block cache (long chunks directly)."""
         n, size = out.shape[0], self._block_len
-        if n >= size:
+        if 2 * n >= size:  # runs of half a block or more are long enough: straight into the chunk, no copy
             _render_noise(out, first_sample, self._bank1, self._bank2, self._off1, self._off2, self._scale)
             return
         i = 0

@@ -127,6 +127,8 @@ def _noise_reference(renderer, first, n):
     (2048 - 100, 300),        # across a block boundary (blocks of 2,048 samples at 64 channels)
     (3 * 2048, 2048),         # one whole block
     (1_048_573 - 1000, 5000), # longer than a block (rendered directly), across the wrap of the first bank
+    (2 * 2048 - 10, 1023),    # just under half a block: from the cache, across a block boundary
+    (5 * 2048 - 10, 1024),    # half a block: rendered directly
     (786_431 - 7, 30),        # across the wrap of the second bank, from the block cache
 ])
 def test_noise_is_the_bank_sum_of_its_absolute_sample(first, n):
