@@ -14,7 +14,14 @@ stims.bin, raw.bin; raw_index.bin's segments follow the chunk size, so it is com
         [--also-chunk-ms 10] [--full]
 
 `--also-chunk-ms C` adds a third line, the candidate with `--chunk-ms C` (what the chunk size alone is worth);
-`--full` then runs the candidate's whole 100-session protocol once and prints its wall time.
+`--full` then runs the candidate's whole 100-session protocol once and prints its wall time. Each install
+first runs one untimed session (numba compiles and caches its kernels on a fresh install's first run).
+
+The baseline of issue 18 was main at f1842f4 in its own worktree and venv:
+
+    git worktree add --detach ../wt-base f1842f4 && python3 -m venv ../wt-base/.venv
+    ../wt-base/.venv/bin/pip install -e ../wt-base
+    python bench/bench_voltage_rig.py --before ../wt-base/.venv/bin/rigctl --also-chunk-ms 10 --full
 """
 
 from __future__ import annotations
@@ -96,6 +103,9 @@ def main() -> int:
     print(f"{os.cpu_count()} cores; {args.sessions} sessions per run, seed {args.seed}, {args.repeats} runs each, "
           f"alternating", flush=True)
     try:
+        for exe in dict.fromkeys(exe for exe, _ in configs.values()):  # untimed: compiles and caches the kernels
+            run_once(exe, work / "warm-up", 1, args.seed, [])
+            shutil.rmtree(work / "warm-up")
         for i in range(args.repeats):
             for name, (exe, extra) in configs.items():
                 out = work / f"{name.replace(' ', '_')}{i}"
