@@ -129,8 +129,11 @@ def main() -> int:
                              "loads": [[round(x, 2) for x in r["load"]] for r in rs]}
             print(f"{name:<24} {per:>12.2f} {start:>11.1f} {projected:>17.0f} s ({projected / 60:.1f} min)")
         ratio = figures["after"]["session_s"] / figures["before"]["session_s"]
+        paired = [a["session_s"] / b["session_s"] for a, b in zip(runs["after"], runs["before"])]
         figures["after_over_before"] = round(ratio, 3)
-        print(f"after / before, per session: {ratio:.3f}")
+        figures["after_over_before_paired"] = [round(x, 3) for x in paired]
+        print(f"after / before, per session: {ratio:.3f} (medians); run by run, each after with the before just "
+              f"ahead of it: " + ", ".join(f"{x:.2f}" for x in paired))
         base = work / "before0"
         for name in configs:
             if name == "before":
