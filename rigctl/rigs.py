@@ -17,6 +17,11 @@ from rigctl.errors import RigctlError
 from rigctl.safety import SafetyLimits
 
 SIM_RIGS = {"sim": "voltage", "sim-events": "events"}
+# `--rig sim` not paced to the wall clock reads 50-ms chunks unless `--chunk-ms` says otherwise, as `sim-events`
+# does; paced (`--realtime`) it keeps the simulated rig's own 10 ms, a device's latency. Every data file of a run
+# (trials, spikes, stimuli, raw samples) is the same for any chunk size (tests/test_cli_run.py); a chunk's fixed
+# cost (the culture's step, the render and signal-path calls, the loop) made 10-ms chunks ~1.5x slower.
+SIM_VOLTAGE_BATCH_CHUNK_MS = 50.0
 AGENT_RIGS = ("canonical",)
 RIG_CHOICES = "sim, sim-events, canonical (the CB22 agent, for kind: maze), or a rig file (rigs/<name>.yaml)"
 
@@ -60,6 +65,8 @@ def open_rig(spec: str | Path, *, seed: int, drug: str = "none", realtime: bool 
         return Rig(None, None, SafetyLimits(), desc, make_agent=make_canonical_agent)
     if isinstance(spec, str) and spec in SIM_RIGS:
         factory = backend_factory or rigfile.sim_backend
+        if chunk_ms is None and SIM_RIGS[spec] == "voltage" and not realtime:
+            chunk_ms = SIM_VOLTAGE_BATCH_CHUNK_MS
         rig = factory(sample_rate_hz=sample_rate_hz, seed=seed, mode=SIM_RIGS[spec], drug=drug,
                       chunk_ms=chunk_ms, realtime=realtime)
         limits = SafetyLimits(n_electrodes=rig.n_channels)

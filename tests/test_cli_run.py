@@ -51,6 +51,38 @@ def test_sigkill_at_a_random_point_then_resume_equals_the_uninterrupted_run(tiny
     assert (out / "evoked_selectivity.png").stat().st_size > 1000
 
 
+def _kept_raw(run_dir):
+    """The kept raw samples as {absolute sample: row bytes} (raw_index.bin's segments follow the chunks)."""
+    from rigctl.store import RAW_INDEX_DTYPE
+    index = np.fromfile(run_dir / "raw_index.bin", RAW_INDEX_DTYPE)
+    raw = np.fromfile(run_dir / "raw.bin", "<i2").reshape(-1, 64)
+    rows = {}
+    for first, n, offset in index:
+        start = offset // (2 * 64)
+        for k in range(n):
+            rows[int(first) + k] = raw[start + k].tobytes()
+    return rows
+
+
+def test_voltage_run_keeps_the_same_data_in_its_default_50_ms_chunks_as_in_10_ms(tiny, tmp_path):
+    """`--rig sim` reads 50-ms chunks by default (10 ms before): every file of data is the same as with
+    `--chunk-ms 10`, the raw samples kept around the trials included (only raw_index.bin's segments, cut at
+    chunk edges, are fewer and longer)."""
+    runs = {}
+    for name, extra in (("default", []), ("c10", ["--chunk-ms", "10"])):
+        runs[name] = tmp_path / name
+        rigctl("run", str(tiny), "--rig", "sim", "--seed", "2", "--out", str(runs[name]), "--no-progress",
+               "--no-report", *extra)
+    assert load_run_meta(runs["default"])["rig_description"]["chunk_samples"] == 1250
+    assert load_run_meta(runs["c10"])["rig_description"]["chunk_samples"] == 250
+    for reader in (read_trials, read_spikes, read_stims):
+        assert reader(runs["default"]).tobytes() == reader(runs["c10"]).tobytes(), reader.__name__
+    assert (runs["default"] / "raw.bin").read_bytes() == (runs["c10"] / "raw.bin").read_bytes()
+    kept = _kept_raw(runs["default"])
+    assert kept == _kept_raw(runs["c10"]) and len(kept) == 32 * 1250  # [-10, 40] ms around each of 32 trials
+    assert len(read_spikes(runs["default"])) > 0
+
+
 def test_export_cli_prints_the_header_and_one_row_per_trial(tiny, tmp_path):
     out = tmp_path / "r"
     rigctl("run", str(tiny), "--rig", "sim-events", "--seed", "1", "--out", str(out), "--no-progress", "--no-report")

@@ -112,3 +112,51 @@ def test_voltage_path_counts_match_events_and_ignore_artifacts():
         # overlapping spikes on one electrode within the refractory period merge; allow that, no more
         assert counts.sum() >= 0.85 * counts_true.sum()
         assert counts.sum() <= counts_true.sum()
+
+
+def _noise_reference(renderer, first, n):
+    """The renderer's noise as its docstring defines it, sample by sample (float32 operations)."""
+    t = first + np.arange(n)[:, None]
+    b1 = renderer._bank1[(t + renderer._off1[None, :]) % len(renderer._bank1)]
+    b2 = renderer._bank2[(t + renderer._off2[None, :]) % len(renderer._bank2)]
+    return (b1 + b2) * np.float32(renderer.noise_rms_uV / np.sqrt(2.0))
+
+
+@pytest.mark.parametrize("first, n", [
+    (0, 250),                 # inside the first noise block
+    (2048 - 100, 300),        # across a block boundary (blocks of 2,048 samples at 64 channels)
+    (3 * 2048, 2048),         # one whole block
+    (1_048_573 - 1000, 5000), # longer than a block (rendered directly), across the wrap of the first bank
+    (2 * 2048 - 10, 1023),    # just under half a block: from the cache, across a block boundary
+    (5 * 2048 - 10, 1024),    # half a block: rendered directly
+    (786_431 - 7, 30),        # across the wrap of the second bank, from the block cache
+])
+def test_noise_is_the_bank_sum_of_its_absolute_sample(first, n):
+    """The block cache and the channel-by-channel runs give the bank sums of the absolute sample index,
+    bit for bit, wherever a chunk starts and however long it is (a wrong wrap or offset changes bytes)."""
+    from rigctl.sim.render import VoltageRenderer
+    r = VoltageRenderer(64, FS, seed=3)
+    r.render(first + 40_000, 10, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32), [])
+    got = r.render(first, n, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32), [])
+    expected = np.clip(np.rint(_noise_reference(r, first, n) * np.float32(1.0 / r.uV_per_bit)), -32768, 32767)
+    assert np.array_equal(got, expected.astype(np.int16))
+    out = np.empty((n, 64), np.float32)
+    r._noise(out, first)
+    assert np.array_equal(out, _noise_reference(r, first, n))
+
+
+def test_open_rig_reads_50_ms_chunks_unless_paced_or_told():
+    """`--rig sim` reads 50-ms chunks (as sim-events) unless --realtime (10 ms) or --chunk-ms is given."""
+    from rigctl.rigs import open_rig
+    seen = []
+
+    def backend(**kw):
+        seen.append((kw["mode"], kw["realtime"], kw["chunk_ms"]))
+        return fake_sim_rig(0, kw["mode"], kw["chunk_ms"])
+
+    for spec, realtime, chunk_ms in (("sim", False, None), ("sim", True, None), ("sim", False, 10.0),
+                                     ("sim-events", False, None)):
+        open_rig(spec, seed=0, realtime=realtime, chunk_ms=chunk_ms, backend_factory=backend).close()
+    assert seen == [("voltage", False, 50.0), ("voltage", True, None), ("voltage", False, 10.0),
+                    ("events", False, None)]
+    assert SimRig(mode="voltage").chunk_samples == 250 and SimRig(mode="events").chunk_samples == 1250
