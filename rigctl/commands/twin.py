@@ -113,7 +113,8 @@ def _fit_one(args: argparse.Namespace, cond: str, index: int, cache: dict) -> di
         "params": best, "loss": opt["best"]["loss"], "best_evaluation": opt["best"]["evaluation"],
         "loss_defaults": None, "parameter_table": [asdict(p) for p in P.PARAMS],
         **sc,
-        "model": {mode: f.err_x_last() for mode, f in models.items()},
+        "scored_sessions": [max(1, k - 9), k],
+        "model": {mode: float(f.traj.err_x[max(0, k - 10):k].mean()) for mode, f in models.items()},
         "model_err_x": {mode: f.traj.err_x.tolist() for mode, f in models.items()},
         "baseline": pub.baseline,
         "ensembles": {"g1": [int(e) + 1 for e in pub.ensembles.g1], "g2": [int(e) + 1 for e in pub.ensembles.g2],
@@ -134,7 +135,7 @@ def _fit_one(args: argparse.Namespace, cond: str, index: int, cache: dict) -> di
     rec["loss_defaults"] = first["loss"]
     (out / "twin.json").write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
     plot_twin(rec, out / "twin.png")
-    print(f"{name}: twin err_x(91-100) {rec['err_x_last10']:.4f}; model published {rec['model']['published']:.4f}, "
+    print(f"{name}: twin err_x(sessions {max(1, k - 9)}-{k}) {rec['err_x_last10']:.4f}; model published {rec['model']['published']:.4f}, "
           f"online {rec['model']['online']:.4f}; wrote {out}", flush=True)
     return rec
 

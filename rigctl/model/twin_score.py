@@ -115,12 +115,18 @@ def score(culture_x: np.ndarray, culture_raw: np.ndarray, twin_r: np.ndarray, s:
     err_x: per session, culture x vs the twin's conditional prediction, twin normalised by its own pipeline
     (the primary number); err_x_sample: the same with the twin's raw sample x (noise and all);
     err_x_culture_norm: twin normalised with the culture's numbers, conditional prediction.
+    References that need no twin: err_x_constant, the culture's session-1 mean x for every step (what a
+    predictor that knows nothing of states or learning scores); err_x_floor, the culture's own per-session,
+    per-state mean x (the best any per-state prediction can do: what is left is the culture's trial noise).
     Each also as the mean over the last LAST_SESSIONS sessions (`*_last10`)."""
     xt = twin_x(twin_r, s, sess, n_sessions, ens, baseline)
     xc = culture_normalised_x(twin_r, s, sess, n_sessions, ens, culture_raw, baseline)
+    constant = np.broadcast_to(culture_x[sess == 0].mean(axis=0), culture_x.shape)
     out = {}
     for key, pred in (("err_x", conditional_prediction(xt, s, sess, n_sessions)), ("err_x_sample", xt),
-                      ("err_x_culture_norm", conditional_prediction(xc, s, sess, n_sessions))):
+                      ("err_x_culture_norm", conditional_prediction(xc, s, sess, n_sessions)),
+                      ("err_x_constant", constant),
+                      ("err_x_floor", conditional_prediction(culture_x, s, sess, n_sessions))):
         e = err_x_by_session(culture_x, pred, sess, n_sessions)
         out[key] = e.tolist()
         out[f"{key}_last10"] = float(e[-LAST_SESSIONS:].mean())
@@ -139,16 +145,18 @@ def _f(v, fmt: str) -> str:
 
 
 def markdown_table(records: list[dict]) -> str:
-    """One row per twin.json record: twin err_x (91-100) beside the model's (published, online)."""
-    lines = ["| culture | twin err_x 91-100 | twin err_x (sample) | twin err_x (culture norm.) "
-             "| model published | model online | fit loss | evaluations | fit wall time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One row per twin.json record: twin err_x (last 10 sessions) beside the model's (published, online)
+    and the two references of `score` (constant predictor, per-state floor)."""
+    lines = ["| culture | twin err_x | model published | model online | constant | floor "
+             "| twin (one sample) | twin (culture's norm.) | fit loss (defaults → best) | evaluations "
+             "| fit wall time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         m = r.get("model", {})
-        lines.append(f"| {r['culture']} | {r['err_x_last10']:.4f} | {r['err_x_sample_last10']:.4f} "
-                     f"| {r['err_x_culture_norm_last10']:.4f} | {_f(m.get('published'), '.4f')} "
-                     f"| {_f(m.get('online'), '.4f')} | {r['loss']:.4f} | {r['evaluations']} "
-                     f"| {r['wall_time_s']['fit'] / 60:.1f} min |")
+        lines.append(f"| {r['culture']} | {r['err_x_last10']:.4f} | {_f(m.get('published'), '.4f')} "
+                     f"| {_f(m.get('online'), '.4f')} | {r['err_x_constant_last10']:.4f} "
+                     f"| {r['err_x_floor_last10']:.4f} | {r['err_x_sample_last10']:.4f} "
+                     f"| {r['err_x_culture_norm_last10']:.4f} | {_f(r.get('loss_defaults'), '.3f')} → "
+                     f"{r['loss']:.3f} | {r['evaluations']} | {r['wall_time_s']['fit'] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
 
 
