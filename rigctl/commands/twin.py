@@ -72,7 +72,7 @@ def _fit_one(args: argparse.Namespace, cond: str, index: int, cache: dict) -> di
     from rigctl.model.twin_score import ensemble_state_means, score
     from rigctl.twin import params as P
     from rigctl.twin.drive import DRUG_BY_CONDITION
-    from rigctl.twin.fit import make_target, optimise, run
+    from rigctl.twin.fit import SIGMA0, make_target, optimise, run
     from rigctl.twin.plots import plot_twin
 
     t_start = time.perf_counter()
@@ -109,7 +109,7 @@ def _fit_one(args: argparse.Namespace, cond: str, index: int, cache: dict) -> di
     rec = {
         "culture": name, "drug": drug, "seed": args.seed, "budget": args.budget, "workers": args.workers,
         "fit_sessions": args.fit_sessions, "sessions": k, "evaluations": opt["evaluations"],
-        "popsize": opt["popsize"], "optimiser": "CMA-ES (cma), unit box, sigma0 0.3, evaluation 1 = defaults",
+        "popsize": opt["popsize"], "optimiser": f"CMA-ES (cma), unit box, sigma0 {SIGMA0}, evaluation 1 = defaults",
         "params": best, "loss": opt["best"]["loss"], "best_evaluation": opt["best"]["evaluation"],
         "loss_defaults": None, "parameter_table": [asdict(p) for p in P.PARAMS],
         **sc,

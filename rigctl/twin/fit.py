@@ -32,7 +32,7 @@ from rigctl.twin import params as P
 from rigctl.twin.drive import simulate
 
 SESSION_LENGTH = 256
-SIGMA0 = 0.3  # CMA-ES initial step in the unit box
+SIGMA0 = 0.2  # CMA-ES initial step in the unit box (a local search around the tuned defaults)
 
 
 @dataclass(frozen=True, eq=False)
