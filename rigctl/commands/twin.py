@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from rigctl.commands._argtypes import int_in, positive_int, seed
+from rigctl.commands._argtypes import int_in, seed
 from rigctl.errors import ModelInputError
 
 #: Released cultures per condition (data README, spec 1.5).
@@ -135,8 +135,8 @@ def _fit_one(args: argparse.Namespace, cond: str, index: int, cache: dict) -> di
     rec["loss_defaults"] = first["loss"]
     (out / "twin.json").write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
     plot_twin(rec, out / "twin.png")
-    print(f"{name}: twin err_x(sessions {max(1, k - 9)}-{k}) {rec['err_x_last10']:.4f}; model published {rec['model']['published']:.4f}, "
-          f"online {rec['model']['online']:.4f}; wrote {out}", flush=True)
+    print(f"{name}: twin err_x(sessions {max(1, k - 9)}-{k}) {rec['err_x_last10']:.4f}; model published "
+          f"{rec['model']['published']:.4f}, online {rec['model']['online']:.4f}; wrote {out}", flush=True)
     return rec
 
 

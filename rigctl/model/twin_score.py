@@ -12,7 +12,7 @@ import numpy as np
 
 from rigctl.errors import ModelInputError
 from rigctl.model import normalise as nz
-from rigctl.model.data import STATE_LABELS, state_code
+from rigctl.model.data import state_code
 from rigctl.model.ensembles import Ensembles, ensemble_response
 from rigctl.model.metrics import err_x
 
@@ -156,10 +156,11 @@ def markdown_table(records: list[dict]) -> str:
                      f"| {_f(m.get('online'), '.4f')} | {r['err_x_constant_last10']:.4f} "
                      f"| {r['err_x_floor_last10']:.4f} | {r['err_x_sample_last10']:.4f} "
                      f"| {r['err_x_culture_norm_last10']:.4f} | {_f(r.get('loss_defaults'), '.3f')} → "
-                     f"{r['loss']:.3f} | {r['evaluations']} | {r['wall_time_s']['fit'] / 60:.1f} min |")
+                     f"{r['loss']:.3f} | {r['evaluations']} | {r['wall_time_s']['fit'] / 60:.1f} min "
+                     f"({r['wall_time_s']['total'] / 60:.1f} with the final run) |")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["STATE_LABELS", "N_RECORD", "LAST_SESSIONS", "fit_blocks", "evoked_profile", "position_free",
+__all__ = ["N_RECORD", "LAST_SESSIONS", "fit_blocks", "evoked_profile", "position_free",
            "profile_loss", "twin_x", "culture_normalised_x", "conditional_prediction", "err_x_by_session",
            "score", "ensemble_state_means", "markdown_table"]
