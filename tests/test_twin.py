@@ -224,7 +224,11 @@ def test_tiny_fit_writes_twin_json_log_and_figure(tmp_path, capsys):
     assert len(log) == 4 and [e["evaluation"] for e in log] == [1, 2, 3, 4]
     best = min(log, key=lambda e: e["loss"])
     assert rec["loss"] == best["loss"] and rec["params"] == best["params"]
-    assert rec["loss_defaults"] == log[0]["loss"]
+    assert rec["loss_defaults"] == rec["defaults"]["loss"] == log[0]["loss"]
+    if rec["best_evaluation"] == 1:  # the untuned twin won: its err_x is the twin's, bit for bit
+        assert rec["defaults"]["err_x"] == rec["err_x"]
+    counts = np.load(d / "twin_counts.npy")
+    assert counts.shape == (3 * 256, 64) and counts.dtype == np.uint8
     assert rec["config"]["v_th_mV"] == pytest.approx(rec["params"]["v_th_mV"])
     assert (d / "twin.png").stat().st_size > 10000
     assert "evaluation 4/4" in err

@@ -103,6 +103,12 @@ def _fit_one(args: argparse.Namespace, cond: str, index: int, cache: dict) -> di
     t_final = time.perf_counter() - t1
     s, sess = tr.s[m], tr.sess[m]
     sc = score(pub.x[m], pub.x_raw[m], r, s, sess, k, pub.ensembles, pub.baseline)
+    np.save(out / "twin_counts.npy", np.minimum(r, 255).astype(np.uint8))  # [sessions * 256, 64], data columns
+    # the untuned twin through the same sessions: did fitting help err_x?
+    t2 = time.perf_counter()
+    r_def = run(P.defaults(), target.o_session, k, drug, args.seed)
+    sc_def = score(pub.x[m], pub.x_raw[m], r_def, s, sess, k, pub.ensembles, pub.baseline)
+    t_def = time.perf_counter() - t2
     cfg, eff = P.apply(best)
     twin_means = ensemble_state_means(r, s, sess, k, pub.ensembles)
     culture_means = ensemble_state_means(tr.r[m], s, sess, k, pub.ensembles)
@@ -113,6 +119,8 @@ def _fit_one(args: argparse.Namespace, cond: str, index: int, cache: dict) -> di
         "params": best, "loss": opt["best"]["loss"], "best_evaluation": opt["best"]["evaluation"],
         "loss_defaults": None, "parameter_table": [asdict(p) for p in P.PARAMS],
         **sc,
+        "defaults": {"params": P.defaults(), "loss": None,
+                     **{key: v for key, v in sc_def.items() if key.endswith("last10") or key == "err_x"}},
         "scored_sessions": [max(1, k - 9), k],
         "model": {mode: float(f.traj.err_x[max(0, k - 10):k].mean()) for mode, f in models.items()},
         "model_err_x": {mode: f.traj.err_x.tolist() for mode, f in models.items()},
@@ -122,7 +130,7 @@ def _fit_one(args: argparse.Namespace, cond: str, index: int, cache: dict) -> di
         "ensemble_response": {"states": ["11", "10", "01", "00"],
                               "twin": np.nan_to_num(twin_means).tolist(),
                               "culture": np.nan_to_num(culture_means).tolist()},
-        "wall_time_s": {"evaluation_mean": opt["mean_eval_seconds"], "fit": t_fit, "final_run": t_final,
+        "wall_time_s": {"evaluation_mean": opt["mean_eval_seconds"], "fit": t_fit, "final_run": t_final, "defaults_run": t_def,
                         "total": time.perf_counter() - t_start},
         "config": {**asdict(cfg), "efficacy_a": eff[0], "efficacy_b": eff[1]},
         "notes": ["data columns 33-64 = stimulating electrodes o1..o32 (protocol isomura2023_bss order); "
@@ -132,7 +140,7 @@ def _fit_one(args: argparse.Namespace, cond: str, index: int, cache: dict) -> di
                   "own normalisation, the culture's ensembles and batch baseline)"],
     }
     first = json.loads((out / "evaluations.jsonl").read_text().splitlines()[0])
-    rec["loss_defaults"] = first["loss"]
+    rec["loss_defaults"] = rec["defaults"]["loss"] = first["loss"]
     (out / "twin.json").write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
     plot_twin(rec, out / "twin.png")
     print(f"{name}: twin err_x(sessions {max(1, k - 9)}-{k}) {rec['err_x_last10']:.4f}; model published "

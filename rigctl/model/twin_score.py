@@ -147,12 +147,13 @@ def _f(v, fmt: str) -> str:
 def markdown_table(records: list[dict]) -> str:
     """One row per twin.json record: twin err_x (last 10 sessions) beside the model's (published, online)
     and the two references of `score` (constant predictor, per-state floor)."""
-    lines = ["| culture | twin err_x | model published | model online | constant | floor "
+    lines = ["| culture | twin err_x | untuned twin | model published | model online | constant | floor "
              "| twin (one sample) | twin (culture's norm.) | fit loss (defaults → best) | evaluations "
-             "| fit wall time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| fit wall time |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         m = r.get("model", {})
-        lines.append(f"| {r['culture']} | {r['err_x_last10']:.4f} | {_f(m.get('published'), '.4f')} "
+        lines.append(f"| {r['culture']} | {r['err_x_last10']:.4f} "
+                     f"| {_f(r.get('defaults', {}).get('err_x_last10'), '.4f')} | {_f(m.get('published'), '.4f')} "
                      f"| {_f(m.get('online'), '.4f')} | {r['err_x_constant_last10']:.4f} "
                      f"| {r['err_x_floor_last10']:.4f} | {r['err_x_sample_last10']:.4f} "
                      f"| {r['err_x_culture_norm_last10']:.4f} | {_f(r.get('loss_defaults'), '.3f')} → "
