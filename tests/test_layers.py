@@ -2,7 +2,8 @@
 
 Layers, from the top:
 - composition root: `rigctl.cli`, `rigctl.commands.*`, `rigctl.session`, `rigctl.plate_session`, `rigctl.rigs`, `rigctl.rigfile`,
-  `rigctl.benchmarks.*`, `rigctl.gym.*` (the Gymnasium environment opens rigs): may import anything;
+  `rigctl.benchmarks.*`, `rigctl.gym.*` (the Gymnasium environment opens rigs), `rigctl.twin.*` (the digital twin
+  drives a simulated culture): may import anything;
 - simulator: `rigctl.sim.*` (folder `sim/`): may import the core (e.g. the drivers' wire modules), not the root;
 - core: every other module of the package (types, errors, engine, protocol, loop, store, safety, signal,
   model, protocols, drivers, ...): never imports `rigctl.sim` or the composition root, directly, lazily (inside
@@ -25,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 COMPOSITION_ROOT = ("rigctl.cli", "rigctl.commands", "rigctl.session", "rigctl.rigs", "rigctl.rigfile",
-                    "rigctl.benchmarks", "rigctl.gym", "rigctl.plate_session")
+                    "rigctl.benchmarks", "rigctl.gym", "rigctl.plate_session", "rigctl.twin")
 SIM = ("rigctl.sim",)
 
 
