@@ -30,12 +30,12 @@ class Param:
 #: The free parameters. Bounds and reasons: docs/twin.md (the table there mirrors this one).
 PARAMS: tuple[Param, ...] = (
     Param("v_th_mV", "v_th_mV", 12.0, 18.0, False),  # excitability: firing threshold above rest
-    Param("epsp_ee_mV", "epsp_ee_mV", 1.25, 4.0, True),  # E->E connection strength
-    Param("eta_plus", "eta_plus", 0.001, 0.016, True),  # plasticity (LTP) rate
-    Param("spont_exc_hz", "spont_exc_hz", 0.05, 3.0, True),  # spontaneous rate of E neurons
-    Param("spont_inh_hz", "spont_inh_hz", 0.2, 6.0, True),  # spontaneous rate of I neurons
-    Param("efficacy_a", "efficacy_a", 0.25, 8.0, True),  # pulse amplitude scale, group A (o1..o16)
-    Param("efficacy_b", "efficacy_b", 0.25, 8.0, True),  # pulse amplitude scale, group B (o17..o32)
+    Param("epsp_ee_mV", "epsp_ee_mV", 0.5, 2.5, True),  # E->E connection strength
+    Param("eta_plus", "eta_plus", 0.002, 0.032, True),  # plasticity (LTP) rate
+    Param("local_drive_mV", "local_drive_mV", 30.0, 300.0, True),  # a pulse's drive near its electrode
+    Param("spont_exc_hz", "spont_exc_hz", 0.2, 3.0, True),  # spontaneous rate of E neurons
+    Param("efficacy_a", "efficacy_a", 0.25, 4.0, True),  # pulse amplitude scale, group A (o1..o16)
+    Param("efficacy_b", "efficacy_b", 0.25, 4.0, True),  # pulse amplitude scale, group B (o17..o32)
 )
 
 
