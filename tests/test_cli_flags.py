@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from rigctl.report import response_lines
 import scipy.io
 
 from rigctl.cli import main
@@ -303,10 +305,11 @@ def test_report_on_an_unfinished_run_warns_and_records_the_status(status, tmp_pa
     path = _unfinished(finished_run, tmp_path, status, keep_trials=15)
     code, out, err = run_cli(["report", path], capsys)
     assert code == 0 and out.strip() == str(path / "summary.json")
-    assert err.count("\n") == 1, err
-    assert err == (f"rigctl report: warning: {path}: the run is not complete (status: {status}); the report "
-                   "covers its 15 of 20 planned trials (1 of 2 sessions complete)\n")
     summary = json.loads((path / "summary.json").read_text())
+    # the warning, then the run's response figures (issue 16), nothing else
+    assert err == (f"rigctl report: warning: {path}: the run is not complete (status: {status}); the report "
+                   "covers its 15 of 20 planned trials (1 of 2 sessions complete)\n"
+                   + "".join(line + "\n" for line in response_lines(summary["response"])))
     assert summary["run_status"] == status and summary["trials"] == 15 and summary["trials_planned"] == 20
     assert summary["sessions_completed"] == 1
 
@@ -315,6 +318,7 @@ def test_report_on_a_complete_run_says_nothing_extra(finished_run, tmp_path, cap
     path = tmp_path / "done"
     shutil.copytree(finished_run, path)
     code, out, err = run_cli(["report", path], capsys)
-    assert code == 0 and err == ""
     summary = json.loads((path / "summary.json").read_text())
+    assert code == 0 and err == "".join(line + "\n" for line in response_lines(summary["response"]))
+    assert err.startswith("responses: gain ") and err.count("\n") == 1
     assert summary["run_status"] == "complete" and summary["trials"] == summary["trials_planned"] == 20

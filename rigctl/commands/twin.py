@@ -151,8 +151,11 @@ def _fit_one(args: argparse.Namespace, cond: str, index: int, cache: dict) -> di
 def _fit(args: argparse.Namespace) -> int:
     from rigctl.model.twin_score import markdown_table
 
+    from rigctl.twin.fit import require_cma
+
     if args.out.exists() and not args.out.is_dir():
         raise ModelInputError(f"--out {args.out}: exists and is not a directory; allowed: a directory (created)")
+    require_cma()  # before any culture is simulated
     cache: dict = {}
     records = [_fit_one(args, cond, index, cache) for cond, index in args.culture]
     sys.stdout.write(markdown_table(records))

@@ -48,6 +48,16 @@ class Target:
     seed: int
 
 
+def require_cma():
+    """The optimiser's package, or one line naming the extra that brings it."""
+    try:
+        import cma
+    except ImportError:
+        raise ModelInputError("the twin's optimiser needs the cma package; run: pip install 'rigctl[twin]' "
+                              "(or pip install -e '.[twin]' in a checkout)") from None
+    return cma
+
+
 def make_target(tr: Trials, drug: str, fit_sessions: int, seed: int) -> Target:
     """The culture's target; checks that its sequence repeats (spec 1.3), so one session's o drives all."""
     if fit_sessions > tr.n_sessions:
@@ -101,7 +111,7 @@ def optimise(target: Target, budget: int, seed: int, workers: int, log_path: Pat
              label: str = "") -> dict:
     """CMA-ES with `budget` evaluations; returns {best, evaluations, seconds}. Deterministic for a seed
     (candidates are produced in the parent; results are collected in order)."""
-    import cma
+    cma = require_cma()
 
     if budget < 1:
         raise ModelInputError(f"--budget must be >= 1, got {budget}")
