@@ -121,12 +121,12 @@ def plot_spontaneous(summary: dict[str, Any], spikes_path: Path, fs: float, out_
         if b["start_s"] < t0 + 30.0:
             axes[1].axvspan(b["start_s"], min(b["end_s"], t0 + 30.0), color="r", alpha=0.2)
     axes[1].set(xlabel="time (s)", ylabel="electrode", title="raster, first 30 s")
-    axes = [axes[0], axes[2]]
+    rate_ax = axes[2]
     if len(rates) == 64:
-        im = axes[1].imshow(rates.reshape(8, 8), cmap="viridis")
-        fig.colorbar(im, ax=axes[1], label="Hz")
-        axes[1].set(title="firing rate per electrode (8 x 8)")
+        im = rate_ax.imshow(rates.reshape(8, 8), cmap="viridis")
+        fig.colorbar(im, ax=rate_ax, label="Hz")
+        rate_ax.set(title="firing rate per electrode (8 x 8)")
     else:
-        axes[1].bar(np.arange(len(rates)), rates)
-        axes[1].set(xlabel="electrode", ylabel="Hz", title="firing rate per electrode")
+        rate_ax.bar(np.arange(len(rates)), rates)
+        rate_ax.set(xlabel="electrode", ylabel="Hz", title="firing rate per electrode")
     return save_figure(fig, title, out_dir / "spontaneous.png")

@@ -214,7 +214,8 @@ class Culture:
             "gate_width": cfg.gate_width_mV, "plastic": 1.0 if self.effect.plasticity else 0.0,
             "w_min": self._w_min, "stp_u": cfg.stp_u, "decay_rec": math.exp(-dt / cfg.tau_rec_ms),
             "decay_sn": math.exp(-dt / cfg.tau_nmda_ms),
-            "eta_het": cfg.eta_het, "nmda_jump": cfg.nmda_ratio * self.effect.nmda_drive_scale * cfg.tau_syn_exc_ms / cfg.tau_nmda_ms,
+            "eta_het": cfg.eta_het,
+            "nmda_jump": cfg.nmda_ratio * self.effect.nmda_drive_scale * cfg.tau_syn_exc_ms / cfg.tau_nmda_ms,
         }
         return np.array([vals[name] for name in ck.P_NAMES], np.float64)
 
