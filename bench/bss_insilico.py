@@ -118,7 +118,8 @@ def summarise(res: RunResult, last: int = 10) -> dict:
         "state_means_first": sm[:, 0].round(3).tolist(),
         "state_means_last": sm[:, -last:].mean(axis=1).round(3).tolist(),
         "seconds": res.seconds,
-        "response": response_figures(res.s, res.r, res.session, (GROUP_A, GROUP_B)).as_dict(),
+        "response": response_figures(res.s, res.r, res.session, (GROUP_A, GROUP_B),
+                                     ensembles=(sep.g1, sep.g2)).as_dict(),
     }
 
 

@@ -79,16 +79,19 @@ def _source_electrodes(run_dir: Path, n_sources: int) -> tuple | None:
     return tuple(np.asarray(list(g), np.int64) for g in groups.values())
 
 
-def response_analysis(t: dict[str, np.ndarray], run_dir: Path) -> dict[str, Any] | None:
+def response_analysis(t: dict[str, np.ndarray], run_dir: Path,
+                      ens: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """How the raw responses look (issue 16; rigctl.model.realism): gain, each ensemble's response to its
-    source over the other state, its share of its source's stimulating electrodes, sizes, spontaneous count."""
+    source over the other state, its share of its source's stimulating electrodes, sizes, spontaneous count.
+    `ens`: `ensemble_analysis`'s result, whose G1 and G2 are used rather than chosen again."""
     groups = _source_electrodes(run_dir, t["s"].shape[1])
     if groups is None or t["s"].shape[1] != 2:
         return None
     from rigctl.model.realism import response_figures
 
+    chosen = (ens["g1"], ens["g2"]) if ens and "g1" in ens else None
     try:
-        fig = response_figures(t["s"], t["r"], t["session"], groups)
+        fig = response_figures(t["s"], t["r"], t["session"], groups, ensembles=chosen)
     except Exception as exc:  # too few sessions or states for the figures: a finding, not a crash
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {**fig.as_dict(), "definition": RESPONSE_DEFINITION}
@@ -142,7 +145,7 @@ def build_summary(run_dir: Path) -> dict[str, Any]:
     ens = ensemble_analysis(t)
     if ens is not None:
         summary["ensembles"] = ens
-    response = response_analysis(t, run_dir)
+    response = response_analysis(t, run_dir, ens)
     if response is not None:
         summary["response"] = response
     model: dict[str, Any] = {}

@@ -92,6 +92,16 @@ def spontaneous_summary(info: RunInfo, protocol: dict[str, Any]) -> dict[str, An
     }
 
 
+def spontaneous_lines(sp: dict[str, Any]) -> list[str]:
+    """`spontaneous_summary`'s headline as a line for the terminal."""
+    b = sp.get("bursts")
+    if not b:
+        return []
+    return [f"spontaneous: {sp['count_per_20ms_window']:.3f} spikes per electrode per 20-ms window; "
+            f"{b['count']} network bursts ({b['rate_per_min']:.1f} per min, median "
+            f"{b['median_duration_ms'] or 0:.0f} ms, {100 * (b['fraction_of_spikes'] or 0):.0f} % of spikes)"]
+
+
 def plot_spontaneous(summary: dict[str, Any], spikes_path: Path, fs: float, out_dir: Path, title: str) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")

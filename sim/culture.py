@@ -92,7 +92,6 @@ class CultureConfig:
     act_threshold_inh: float = 2.0  # interneurons' activation threshold relative to pyramidal cells'
     local_drive_mV: float = 100.0  # slow excitatory drive a pulse leaves in neurons near its electrode (docs)
     local_drive_cap: float = 2.0  # ...scaled by the neuron's drive ratio I / I_th(d), capped here
-    local_drive_inh: float = 1.0  # ...and by this factor in interneurons
     # -- plasticity (E->E synapses)
     tau_plus_ms: float = 20.0
     tau_minus_ms: float = 20.0
@@ -301,8 +300,7 @@ class Culture:
         self._fine_end = max(self._fine_end, k + self._fine_steps)
         if cfg.local_drive_mV > 0:
             self._relax_to(k)
-            scale = np.where(self.is_exc, 1.0, cfg.local_drive_inh) * self.effect.nmda_drive_scale
-            self._IN += cfg.local_drive_mV * np.minimum(ratio, cfg.local_drive_cap) * scale
+            self._IN += cfg.local_drive_mV * np.minimum(ratio, cfg.local_drive_cap) * self.effect.nmda_drive_scale
 
     # ---- simulation -----------------------------------------------------------------------------------
     def _block(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

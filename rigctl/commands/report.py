@@ -35,16 +35,12 @@ def print_task_figures(summary_path) -> None:
     import json
 
     from rigctl.report import response_lines
+    from rigctl.report_spontaneous import spontaneous_lines
     from rigctl.report_task import task_lines
 
     summary = json.loads(open(summary_path).read())
-    lines = task_lines(summary.get("task") or {}) + response_lines(summary.get("response") or {})
-    sp = summary.get("spontaneous") or {}
-    if sp.get("bursts"):
-        b = sp["bursts"]
-        lines.append(f"spontaneous: {sp['count_per_20ms_window']:.3f} spikes per electrode per 20-ms window; "
-                     f"{b['count']} network bursts ({b['rate_per_min']:.1f} per min, median "
-                     f"{b['median_duration_ms'] or 0:.0f} ms, {100 * (b['fraction_of_spikes'] or 0):.0f} % of spikes)")
+    lines = (task_lines(summary.get("task") or {}) + response_lines(summary.get("response") or {})
+             + spontaneous_lines(summary.get("spontaneous") or {}))
     for label, entry in (summary.get("conditions") or {}).items():
         pooled = entry.get("episodes_pooled")
         if pooled:

@@ -44,14 +44,19 @@ def _ratio(on: float, off: float) -> float:
 
 
 def response_figures(s: np.ndarray, r: np.ndarray, session: np.ndarray, source_electrodes: tuple,
-                     block_sessions: int = BLOCK_SESSIONS) -> ResponseFigures:
+                     block_sessions: int = BLOCK_SESSIONS, ensembles: tuple | None = None) -> ResponseFigures:
     """The figures of `ResponseFigures` for one culture.
 
     source_electrodes: (electrodes stimulating for source 1, for source 2), 0-based columns of r. A run shorter
-    than two blocks compares its first and last `min(block, K // 2)` sessions."""
+    than two blocks compares its first and last `min(block, K // 2)` sessions. ensembles: (G1, G2) when the
+    caller has already chosen them (spec 2.2 on all sessions, e.g. `SeparationResult.g1`, `.g2`); chosen here
+    when None."""
     tr = make_trials(s, np.zeros((len(s), 1), np.uint8), r, session)
     sess, k = tr.sess, tr.n_sessions
-    ens = select_ensembles(tr.r, sess, tr.state, k)
+    if ensembles is None:
+        chosen = select_ensembles(tr.r, sess, tr.state, k)
+        ensembles = (chosen.g1, chosen.g2)
+    g1, g2 = (np.asarray(g, np.int64) for g in ensembles)
     block = max(1, min(block_sessions, k // 2)) if k > 1 else 1
     first, last = sess < block, sess >= k - block
     stim = tr.s.any(axis=1)
@@ -60,7 +65,7 @@ def response_figures(s: np.ndarray, r: np.ndarray, session: np.ndarray, source_e
     ev_last = r[last & stim].mean() if (last & stim).any() else float("nan")
     gain = float(ev_last / ev_first - 1.0) if ev_first > 0 else float("nan")
     ratios, counts, shares = [], [], []
-    for j, g in enumerate((ens.g1, ens.g2)):
+    for j, g in enumerate((g1, g2)):
         if g.size == 0:
             ratios.append(None)
             counts.append(None)
@@ -74,7 +79,7 @@ def response_figures(s: np.ndarray, r: np.ndarray, session: np.ndarray, source_e
         shares.append(float(np.isin(g, np.asarray(source_electrodes[j])).mean()))
     quiet = ~stim
     spont = float(r[quiet].mean()) if quiet.any() else float("nan")
-    return ResponseFigures(gain, tuple(ratios), tuple(counts), tuple(shares), (int(ens.g1.size), int(ens.g2.size)),
+    return ResponseFigures(gain, tuple(ratios), tuple(counts), tuple(shares), (int(g1.size), int(g2.size)),
                            spont, int(k))
 
 
