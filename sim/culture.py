@@ -108,6 +108,7 @@ class CultureConfig:
     bicuculline_block: float = 0.6
     diazepam_gain: float = 2.4
     diazepam_tau_scale: float = 1.5
+    diazepam_tonic_mV: float = 3.0  # tonic GABA-A drive under diazepam (sim/drugs.py)
 
 
 def _psp_peak_per_unit(tau_m: float, tau_s: float) -> float:
@@ -130,7 +131,8 @@ class Culture:
         self.seed = int(seed)
         self.drug = drug
         self.effect = drug_effect(drug, bicuculline_block=cfg.bicuculline_block,
-                                  diazepam_gain=cfg.diazepam_gain, diazepam_tau_scale=cfg.diazepam_tau_scale)
+                                  diazepam_gain=cfg.diazepam_gain, diazepam_tau_scale=cfg.diazepam_tau_scale,
+                                  diazepam_tonic_mV=cfg.diazepam_tonic_mV)
         self._spp = self.sample_rate_hz * cfg.dt_ms * 1e-3  # samples per fine step
         self._fine_steps = int(round(cfg.fine_window_ms / cfg.dt_ms))
         rng = np.random.default_rng([self.seed, 0xC0170E])
@@ -200,8 +202,11 @@ class Culture:
     def _params(self) -> np.ndarray:
         cfg = self.config
         dt = cfg.dt_ms
+        tonic = self.effect.tonic_inh_mV
         vals = {
-            "dt_ms": dt, "spp": self._spp, "v_th": cfg.v_th_mV, "v_reset": cfg.v_reset_mV,
+            # a tonic inhibitory drive T holds V at -T: the kernel's V is measured from that shifted rest,
+            # so threshold, reset and the plasticity gate (all relative to the true rest) move up by T
+            "dt_ms": dt, "spp": self._spp, "v_th": cfg.v_th_mV + tonic, "v_reset": cfg.v_reset_mV + tonic,
             "decay_m_e": math.exp(-dt / cfg.tau_m_exc_ms), "decay_m_i": math.exp(-dt / cfg.tau_m_inh_ms),
             "decay_se": math.exp(-dt / cfg.tau_syn_exc_ms),
             "decay_si": math.exp(-dt / (cfg.tau_syn_inh_ms * self.effect.inh_tau_scale)),
@@ -209,7 +214,7 @@ class Culture:
             "ref_e": round(cfg.refractory_exc_ms / dt), "ref_i": round(cfg.refractory_inh_ms / dt),
             "noise_sd": cfg.noise_sd_mV, "decay_pre": math.exp(-dt / cfg.tau_plus_ms),
             "decay_post": math.exp(-dt / cfg.tau_minus_ms), "eta_plus": cfg.eta_plus,
-            "eta_minus": cfg.eta_minus, "w_max": self._w_max, "gate_th": cfg.gate_th_mV,
+            "eta_minus": cfg.eta_minus, "w_max": self._w_max, "gate_th": cfg.gate_th_mV + tonic,
             "gate_width": cfg.gate_width_mV, "plastic": 1.0 if self.effect.plasticity else 0.0,
             "w_min": self._w_min, "stp_u": cfg.stp_u, "decay_rec": math.exp(-dt / cfg.tau_rec_ms),
             "decay_sn": math.exp(-dt / cfg.tau_nmda_ms),

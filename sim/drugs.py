@@ -20,16 +20,21 @@ class DrugEffect:
     inh_tau_scale: float = 1.0  # GABA-A decay time constant
     plasticity: bool = True  # NMDA-receptor-dependent STDP (potentiation and depression) on
     nmda_drive_scale: float = 1.0  # excitatory synaptic drive carried by the NMDA component
+    tonic_inh_mV: float = 0.0  # steady hyperpolarising drive of a tonic (extrasynaptic) GABA-A current
 
 
 def drug_effect(drug: str, *, bicuculline_block: float = 0.4, diazepam_gain: float = 2.4,
-                diazepam_tau_scale: float = 1.5, nmda_block: float = 0.2) -> DrugEffect:
+                diazepam_tau_scale: float = 1.5, diazepam_tonic_mV: float = 0.0,
+                nmda_block: float = 0.2) -> DrugEffect:
     """The effect of `drug` on the network.
 
     - bicuculline: competitive GABA-A antagonist; the dose is [unknown] (spec 1.5), so it is
       modelled as a partial block: inhibitory efficacy x (1 - bicuculline_block), 40 % by default.
     - diazepam: positive allosteric modulator of GABA-A; raises the amplitude and prolongs the decay of
-      IPSCs. Modelled as inhibitory efficacy x diazepam_gain and decay time x diazepam_tau_scale.
+      IPSCs, and enhances the tonic current of extrasynaptic (alpha5) GABA-A receptors, which shunts the
+      depolarisation NMDA-dependent plasticity needs (benzodiazepines block LTP induction). Modelled as
+      inhibitory efficacy x diazepam_gain, decay time x diazepam_tau_scale, and a steady hyperpolarising
+      drive of diazepam_tonic_mV that both the membrane and the plasticity gate feel.
     - apv: NMDA-receptor antagonist; blocks NMDA-dependent Hebbian plasticity (both directions here) and
       removes the fraction `nmda_block` of the model's slow excitatory drive. That slow current lumps the
       NMDA current with other slow excitation (recurrent reverberation the LIF network lacks); removing all
@@ -40,7 +45,8 @@ def drug_effect(drug: str, *, bicuculline_block: float = 0.4, diazepam_gain: flo
     if drug == "bicuculline":
         return DrugEffect(inh_weight_scale=1.0 - bicuculline_block)
     if drug == "diazepam":
-        return DrugEffect(inh_weight_scale=diazepam_gain, inh_tau_scale=diazepam_tau_scale)
+        return DrugEffect(inh_weight_scale=diazepam_gain, inh_tau_scale=diazepam_tau_scale,
+                          tonic_inh_mV=diazepam_tonic_mV)
     if drug == "apv":
         return DrugEffect(plasticity=False, nmda_drive_scale=1.0 - nmda_block)
     raise ValueError(f"unknown drug {drug!r}; expected one of {', '.join(DRUGS)}")

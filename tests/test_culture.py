@@ -224,3 +224,20 @@ def test_inhibition_gates_potentiation():
         _run(c, 2 * FS, pulses, [FS // 10])
         change[drug] = np.abs(c.weights - w0)[c.plastic_mask].sum()
     assert change["diazepam"] < change["none"] < change["bicuculline"]
+
+
+def test_diazepam_tonic_inhibition_acts_only_under_diazepam():
+    """The tonic GABA-A drive of diazepam raises threshold, reset and plasticity gate together: the same
+    stimulation evokes fewer spikes and moves the weights elsewhere, and every other condition is untouched."""
+    pulses = {int((i + 0.5) * FS / 4): LEFT + RIGHT for i in range(8)}
+
+    def run(drug: str, tonic_mV: float) -> tuple[np.ndarray, np.ndarray]:
+        c = Culture(LAYOUT, FS, 4, drug=drug, config=CultureConfig(diazepam_tonic_mV=tonic_mV))
+        s, _ = _run(c, 2 * FS, pulses, [FS // 10])
+        return s, c.weights
+
+    for drug in ("none", "bicuculline", "apv"):
+        assert np.array_equal(run(drug, 0.0)[0], run(drug, 6.0)[0])
+    (s0, w0), (s6, w6) = run("diazepam", 0.0), run("diazepam", 6.0)
+    assert len(s6) < 0.98 * len(s0)
+    assert not np.array_equal(w0, w6)
