@@ -16,6 +16,11 @@ latency on a real rig). Units go down again once the pulse is over. The chip has
 every unit it sources: a command needing more units than are free is refused before anything is sent,
 and commands are armed at most three at a time (one DAC each) on disjoint units.
 
+MaxTwo: with `well`, the driver drives one well of the plate: it reads that well's columns and sends
+`system_set_activated_wells <well>` (maxlab.util.activate) before its commands whenever another well was
+activated last by a driver of this process, so the units, array and sequences it commands are that well's
+[assumption: per-well addressing of a real MaxTwo is not public; the emulator implements this reading].
+
 Every command is one TCP connection with one deadline (`timeout_s`) for connect, request and the whole
 reply; `Error`, a malformed reply, a closed connection or silence is a DeviceError. Safe state (every
 fault while stimulating, `abort`, `close`): queued commands dropped, every unit powered down
@@ -46,6 +51,7 @@ START_TIMEOUT_S = 10.0  # the first frame after subscribing (ZMQ join, server st
 MIN_LEAD_SAMPLES = 100  # maxlab.Sequence's default initial delay: the hub buffers the sequence first
 ARRAY_TOKEN = "online"  # the array MaxLab Live shows (the operator's routed configuration)
 N_DACS = 3
+_ACTIVATED: dict[tuple[str, int], int] = {}  # server -> the well this process's drivers activated last
 
 
 @dataclass
@@ -65,9 +71,12 @@ class MaxLab(Amplifier, Stimulator):
                  data_port: int = mw.RAW_PORT, data_url: str | None = None, uV_per_unit: float = 1.0,
                  uV_per_bit: float = 0.195, chunk_ms: float = 10.0, timeout_s: float = 1.0,
                  arm_ahead_ms: float = 200.0, trigger_latency_ms: float = 0.0, layout: ElectrodeLayout | None = None,
-                 connect: bool = True):
+                 well: int | None = None, connect: bool = True):
         if wells not in mw.WELLS:
             raise DeviceError(f"MaxLab wells={wells}; allowed: {mw.WELLS}")
+        if well is not None and not 0 <= well < wells:
+            raise DeviceError(f"MaxLab well={well}; allowed: 0..{wells - 1} ({wells} well(s))")
+        self.well = well
         self.host, self.command_port, self.data_port, self.data_url = host, command_port, data_port, data_url
         self.wells, self.channels_per_well = wells, channels_per_well
         self.stream_channels = wells * channels_per_well
@@ -139,6 +148,17 @@ class MaxLab(Amplifier, Stimulator):
         return reply
 
     def _exchange(self, text: str) -> str:
+        key = (self.host, self.command_port)
+        if self.well is not None and _ACTIVATED.get(key) != self.well:
+            _ACTIVATED.pop(key, None)  # unknown until acknowledged
+            activate = f"system_set_activated_wells {self.well}"
+            reply = self._round_trip(activate)
+            if reply != "Ok" and reply.strip() == mw.ERROR_REPLY:
+                raise self._fault(f"MaxLab refused {activate!r} (reply 'Error'): no well {self.well}?")
+            _ACTIVATED[key] = self.well
+        return self._round_trip(text)
+
+    def _round_trip(self, text: str) -> str:
         self.commands_sent.append(text)
         deadline = time.monotonic() + self.timeout_s
         first = text.splitlines()[0][:60] if text else ""
@@ -184,6 +204,7 @@ class MaxLab(Amplifier, Stimulator):
     def connect(self) -> None:
         """Read the DAC step, open the routed array, and put every stimulation unit down."""
         with self._lock:
+            _ACTIVATED.pop((self.host, self.command_port), None)  # a (re)started server: activate again
             self.lsb_mV = self._parsed(mw.parse_lsb_mV, self.command("system_query_dac_lsb_mv"))
             self.command(f"mea_array_new {ARRAY_TOKEN}")
             self._unit_of = {}
@@ -217,8 +238,9 @@ class MaxLab(Amplifier, Stimulator):
 
     @property
     def frame_clock(self) -> int | None:
-        """The MaxLab frame number one past the last sample read (None before the first frame)."""
-        return None if self.frame0 is None else self.frame0 + self.clock
+        """The MaxLab frame number one past the last sample read (None before the first frame and once stopped:
+        an emulator pacing itself to its readers must not wait for one that left)."""
+        return None if self.frame0 is None or self._sub is None else self.frame0 + self.clock
 
     def start(self) -> None:
         if self._sub is not None:

@@ -136,7 +136,8 @@ def is_plate_file(path: str | Path) -> bool:
     return isinstance(data, dict) and data.get("kind") == KIND
 
 
-def load_plate(path: str | Path) -> Plate:
+def load_plate(path: str | Path, max_wells: tuple[int, str] | None = None) -> Plate:
+    """`max_wells`: (wells the rig has, where that number comes from), checked like the layout's."""
     path = Path(path)
     doc = load_located(path, error=PlateError)
     if not isinstance(doc.data, dict):
@@ -147,6 +148,9 @@ def load_plate(path: str | Path) -> Plate:
     if needed > len(names):
         raise PlateError(f"{doc.where('replicates')}: {len(model.conditions)} conditions x {model.replicates} "
                          f"replicates = {needed} wells; allowed: at most the layout's {len(names)}")
+    if max_wells is not None and needed > max_wells[0]:
+        raise PlateError(f"{doc.where('replicates')}: {len(model.conditions)} conditions x {model.replicates} "
+                         f"replicates = {needed} wells; allowed: at most {max_wells[0]} ({max_wells[1]})")
     for name in model.wells:
         if name not in names:
             raise PlateError(f"{doc.where('wells')}: well {show(name)}; allowed: {names[0]} to {names[-1]} "

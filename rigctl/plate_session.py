@@ -3,7 +3,8 @@
 `rigctl run PLATE.yaml --rig sim-plate` → `start_plate`: each well is an ordinary run directory
 `PLATE_DIR/wells/<well>` made by `session.open_run` (so its store, checkpoints, report, export, NWB and model are
 a single run's), on its own simulated culture (`sim-plate`: one `sim-events` culture per well, `sim-plate-voltage`:
-one `sim`), checked against the rig's safety limits per well and against the plate's limit before the first chunk
+one `sim`; a MaxLab rig file such as rigs/maxtwo_sim.yaml: well k of the plate on well k of one MaxTwo server,
+`rigctl.maxlab_plate`), checked against the rig's safety limits per well and against the plate's limit before the first chunk
 is read. The wells advance in lockstep, one chunk each per round, in well order, so they share a clock; a fault in
 one well puts every well's stimulator in its safe state and stops the plate (each well resumable). `rigctl run
 --resume PLATE_DIR` → `resume_plate`. Part of the composition root (it opens rigs).
@@ -22,6 +23,7 @@ from typing import Any, Callable
 
 from rigctl.engine import Protocol
 from rigctl.errors import RigctlError, SafetyViolation, StoreError
+from rigctl.maxlab_plate import UNITS_PER_WELL, MaxLabPlate, maxlab_wells
 from rigctl.plate_file import PLATE_META, WELLS_DIR, Plate, Well, load_plate, read_plate_meta
 from rigctl.protocol import load_protocol
 from rigctl.rigs import open_rig
@@ -30,13 +32,26 @@ from rigctl.store import RunLock, check_new_run_dir, load_run_meta
 
 PLATE_RIGS = {"sim-plate": "sim-events", "sim-plate-voltage": "sim"}
 WELL_SAMPLE_RATE_HZ = 25000.0  # the simulated wells' rate (the plan the plate's limit is checked on)
+MAXLAB_SAMPLE_RATE_HZ = 20000.0
 MAX_STIMULATING_WELLS = 24  # the plate's limit: wells that may stimulate at one sample (one stimulator bank each)
 
 
-def _well_rig(rig: str) -> str:
-    if rig not in PLATE_RIGS:
-        raise RigctlError(f"--rig {rig!r}: a plate runs on {', '.join(PLATE_RIGS)} (one simulated culture per well)")
-    return PLATE_RIGS[rig]
+def _well_rig(rig: str, workers: int) -> tuple[str, int | None]:
+    """What each well opens, and the wells the rig has (None: as many as the plate's layout)."""
+    if rig in PLATE_RIGS:
+        return PLATE_RIGS[rig], None
+    wells = maxlab_wells(rig) if rig.endswith((".yaml", ".yml")) else None
+    if wells is None:
+        raise RigctlError(f"--rig {rig!r}: a plate runs on {', '.join(PLATE_RIGS)} (one simulated culture per well) "
+                          "or a MaxLab rig file (amplifier.driver: maxlab, e.g. rigs/maxtwo_sim.yaml)")
+    if workers != 1:
+        raise RigctlError(f"--workers {workers} with --rig {rig}: allowed: 1 (every well reads the one MaxLab "
+                          "server's stream in this process)")
+    return str(Path(rig).resolve()), wells
+
+
+def _is_maxlab(meta: dict[str, Any]) -> bool:
+    return meta["well_rig"] not in PLATE_RIGS.values()
 
 
 def _write_meta(plate_dir: Path, meta: dict[str, Any]) -> None:
@@ -55,8 +70,8 @@ def _well_protocol(well: Well):
 
 def start_plate(plate_ref: str | Path, rig: str, out: Path | None = None, progress: bool = True,
                 rig_factory: Callable[..., Any] = open_rig, workers: int = 1) -> Path:
-    plate = load_plate(plate_ref)
-    well_rig = _well_rig(rig)
+    well_rig, rig_wells = _well_rig(rig, workers)
+    plate = load_plate(plate_ref, None if rig_wells is None else (rig_wells, f"amplifier.wells of {rig}"))
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out) if out is not None else Path("runs") / f"{plate.name}-{stamp}"
     check_new_run_dir(out)
@@ -73,7 +88,10 @@ def resume_plate(plate_dir: Path, progress: bool = True, rig_factory: Callable[.
                  workers: int = 1) -> Path:
     """Every well not complete goes on from its checkpoint (or starts, if it was never created)."""
     plate_dir = Path(plate_dir)
-    return _run_plate(plate_dir, read_plate_meta(plate_dir), progress, rig_factory, workers)
+    meta = read_plate_meta(plate_dir)
+    if _is_maxlab(meta):
+        _well_rig(meta["well_rig"], workers)
+    return _run_plate(plate_dir, meta, progress, rig_factory, workers)
 
 
 def _run_plate(plate_dir: Path, meta: dict[str, Any], progress: bool, rig_factory: Callable[..., Any],
@@ -85,7 +103,10 @@ def _run_plate(plate_dir: Path, meta: dict[str, Any], progress: bool, rig_factor
     try:
         plate = Plate.from_json(meta["plate"])
         todo = [w for w in plate.wells if not _complete(plate_dir / WELLS_DIR / w.name)]
-        check_plate_limits([(w, _well_protocol(w).make_protocol(w.seed, WELL_SAMPLE_RATE_HZ)) for w in plate.wells])
+        maxlab = _is_maxlab(meta)
+        rate_hz = MAXLAB_SAMPLE_RATE_HZ if maxlab else WELL_SAMPLE_RATE_HZ
+        check_plate_limits([(w, _well_protocol(w).make_protocol(w.seed, rate_hz)) for w in plate.wells],
+                           (UNITS_PER_WELL, f"{plate.source}: conditions", meta["well_rig"]) if maxlab else None)
         meta["status"] = "running"
         meta.pop("error", None)
         _write_meta(plate_dir, meta)
@@ -119,17 +140,24 @@ def drive_wells(plate_dir: Path, meta: dict[str, Any], names: list[str], progres
     """Open (or reopen at their checkpoints) the named wells and drive them in lockstep to their end."""
     plate = Plate.from_json(meta["plate"])
     runs: list[tuple[Well, OpenRun]] = []
+    server = None
+    if _is_maxlab(meta):  # one server for the plate; well k of the plate = its well k
+        server = MaxLabPlate(meta["well_rig"], [(w.seed, _well_protocol(w).drug) for w in plate.wells],
+                             readers=len(set(names)))
     try:
-        for well in (w for w in plate.wells if w.name in set(names)):
+        for k, well in enumerate(plate.wells):
+            if well.name not in set(names):
+                continue
             well_dir = plate_dir / WELLS_DIR / well.name
             options = RunOptions(rig=meta["well_rig"], seed=well.seed, drug=well.drug, progress=False)
+            factory = rig_factory if server is None else (lambda *_, k=k, **__: server.open_well(k))
             if not (well_dir / "run.json").is_file():
-                runs.append((well, open_run(_well_protocol(well), options, well_dir, rig_factory=rig_factory)))
+                runs.append((well, open_run(_well_protocol(well), options, well_dir, rig_factory=factory)))
                 continue
             well_lock = RunLock.acquire(well_dir)
             try:
                 protocol = load_protocol(well_dir / "protocol.yaml")
-                runs.append((well, reopen_run(well_dir, well_lock, protocol, options, rig_factory=rig_factory)))
+                runs.append((well, reopen_run(well_dir, well_lock, protocol, options, rig_factory=factory)))
             except BaseException:
                 well_lock.release()
                 raise
@@ -137,6 +165,8 @@ def drive_wells(plate_dir: Path, meta: dict[str, Any], names: list[str], progres
     finally:
         for _, run in runs:
             run.rig.close()
+        if server is not None:
+            server.close()
 
 
 def _drive_in_workers(plate_dir: Path, names: list[str], workers: int, progress: bool) -> None:
@@ -162,17 +192,24 @@ def _drive_in_workers(plate_dir: Path, names: list[str], workers: int, progress:
                           f"{plate_dir}` continues")
 
 
-def check_plate_limits(plans: list[tuple[Well, Protocol]]) -> None:
+def check_plate_limits(plans: list[tuple[Well, Protocol]], units: tuple[int, str, str] | None = None) -> None:
     """The plate's own limit, over its open-loop wells' whole plans (checked before any well starts): at most
-    MAX_STIMULATING_WELLS wells pulse at one sample (a plate's stimulators share a power and trigger bank)."""
+    MAX_STIMULATING_WELLS wells pulse at one sample (a plate's stimulators share a power and trigger bank).
+    `units` = (limit, where, rig): no well's pulse on more electrodes than its chip has stimulation units
+    (a MaxLab well: 32), over every command it may send."""
     wells_at: dict[int, int] = {}
-    for _, plan in plans:
+    for well, plan in plans:
+        commands = [plan.trial(i, 0).command for i in range(plan.n_trials)] if plan.open_loop \
+            else list(plan.candidate_commands()) if units else []
+        widest = max((len(c.electrodes) for c in commands if c is not None), default=0)
+        if units is not None and widest > units[0]:
+            raise SafetyViolation(f"{units[1]}: well {well.name} ({well.condition}): a pulse on {widest} electrodes; "
+                                  f"allowed: at most {units[0]} (stimulation units of one well of {units[2]})")
         if not plan.open_loop:
             continue
-        for i in range(plan.n_trials):
-            t = plan.trial(i, 0)
-            if t.command is not None:
-                wells_at[t.command.sample] = wells_at.get(t.command.sample, 0) + 1
+        for c in commands:
+            if c is not None:
+                wells_at[c.sample] = wells_at.get(c.sample, 0) + 1
     busiest = max(wells_at.values(), default=0)
     if busiest > MAX_STIMULATING_WELLS:
         raise SafetyViolation(f"{busiest} wells would pulse at one sample; allowed: at most {MAX_STIMULATING_WELLS} "
@@ -183,7 +220,8 @@ def _drive(runs: list[tuple[Well, OpenRun]], progress: bool) -> None:
     """Lockstep: one chunk of every running well per round; a fault stops every well in its safe state."""
     total = sum(run.plan.n_trials for _, run in runs)
     error: BaseException | None = None
-    started: list[OpenRun] = []
+    started: list[OpenRun] = []  # running, to be stopped
+    stopped: list[OpenRun] = []
     wall0, next_report = time.monotonic(), 0.1
     names = ",".join(w.name for w, _ in runs)
     try:
@@ -194,10 +232,15 @@ def _drive(runs: list[tuple[Well, OpenRun]], progress: bool) -> None:
         while active:
             for run in active:
                 run.runner.iterate()
-            active = [run for run in active if run.runner.running()]
-            done = sum(run.runner.n_done for run in started)
+            for run in [run for run in active if not run.runner.running()]:
+                active.remove(run)
+                started.remove(run)
+                stopped.append(run)
+                run.runner.stop()  # a finished well stops reading now (a shared stream must not wait for it)
+                run.runner.stim.safe_state()
+            done = sum(run.runner.n_done for run in started + stopped)
             if progress and total and done / total >= next_report:
-                print(f"plate wells {names[:40]}: {len(started) - len(active)}/{len(started)} done, {done}/{total} "
+                print(f"plate wells {names[:40]}: {len(stopped)}/{len(runs)} done, {done}/{total} "
                       f"trials, {time.monotonic() - wall0:.0f} s", file=sys.stderr, flush=True)
                 next_report = int(done / total * 10 + 1) / 10
     except BaseException as exc:

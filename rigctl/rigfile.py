@@ -205,55 +205,80 @@ def _build_rhx_stimulator(ctx: Ctx, sec: RhxStimulator, amp, closers: list) -> t
 
 def _build_maxlab_amplifier(ctx: Ctx, sec: MaxLabAmplifier, closers: list) -> tuple[Any, dict]:
     from rigctl.drivers import _maxlab_wire as mw
-    from rigctl.drivers.maxlab import MaxLab
-    from rigctl.errors import DeviceError
 
-    host, port, data_port = sec.host, sec.command_port, sec.data_port
-    desc: dict[str, Any] = {"driver": "maxlab", "host": host, "command_port": port, "data_port": data_port,
-                            "mode": "voltage"}
-    n_stream = sec.wells * sec.channels_per_well
-    bad = [c for c in sec.channels if c >= n_stream]
-    if bad:
-        raise ctx.fail("amplifier.channels", bad[:8], f"stream columns 0..{n_stream - 1} ({sec.wells} well(s) x "
-                                                      f"{sec.channels_per_well} channels)")
-    if sec.electrodes is not None and len(sec.electrodes) != len(sec.channels):
-        raise ctx.fail("amplifier.electrodes", f"{len(sec.electrodes)} electrodes",
-                       f"{len(sec.channels)}, one MEA electrode per channel")
+    check_maxlab_channels(ctx, sec, sec.wells * sec.channels_per_well)
     holder: list = []
+    host, port, data_port = sec.host, sec.command_port, sec.data_port
+    electrodes = sec.electrodes
     if host == EMULATE:
-        from rigctl.sim.maxlab_emulator import MaxLabEmulator, default_electrodes
+        from rigctl.sim.maxlab_emulator import default_electrodes
 
         bus = ctx.culture(mw.SAMPLE_RATE_HZ, "voltage")
         if len(sec.channels) != bus.n_channels:
             raise ctx.fail("amplifier.channels", f"{len(sec.channels)} channels",
                            f"{bus.n_channels}, one per electrode of the simulated culture")
-        electrodes = sec.electrodes or default_electrodes(bus.n_channels)
-        try:
-            emu = MaxLabEmulator(bus, columns=sec.channels, electrodes=electrodes, wells=sec.wells,
-                                 channels_per_well=sec.channels_per_well,
-                                 frames_per_message=sec.emulator.frames_per_message, lsb_mV=sec.emulator.lsb_mV,
-                                 seed=ctx.seed, realtime=ctx.realtime,
-                                 clock=lambda: holder[0].frame_clock if holder else None).start()
-        except ValueError as exc:
-            raise RigFileError(f"{ctx.doc.where('amplifier.emulator')}: {exc}") from exc
+        electrodes = electrodes or default_electrodes(bus.n_channels)
+        emu = start_maxlab_emulator(ctx, sec, bus, electrodes, lambda: holder[0].frame_clock if holder else None)
         closers.append(emu.close)
-        ctx.emulators.append(emu)
         host, port, data_port = "127.0.0.1", emu.command_port, emu.data_port
-        desc.update({"emulator_command_port": port, "emulator_data_port": data_port})
-    else:
-        electrodes = sec.electrodes
-    try:
-        drv = MaxLab(host, port, channels=sec.channels, electrodes=electrodes, wells=sec.wells,
-                     channels_per_well=sec.channels_per_well, data_port=data_port, uV_per_unit=sec.uV_per_unit,
-                     uV_per_bit=sec.uV_per_bit, chunk_ms=sec.chunk_ms, timeout_s=sec.timeout_s,
-                     arm_ahead_ms=sec.arm_ahead_ms, trigger_latency_ms=sec.trigger_latency_ms)
-    except DeviceError as exc:
-        raise DeviceError(f"{ctx.doc.where('amplifier.host')}: {exc}") from exc
+    drv, desc = open_maxlab_driver(ctx, sec, (host, port, data_port), list(sec.channels), electrodes)
     holder.append(drv)
     closers.insert(0, drv.close)
     ctx.amp_clock = lambda: int(drv.clock)
-    desc.update({"channels": list(sec.channels), "electrodes": electrodes, "wells": sec.wells,
+    return drv, desc
+
+
+def check_maxlab_channels(ctx: Ctx, sec: MaxLabAmplifier, n_columns: int) -> None:
+    """Every channel a stream column (`n_columns`: the stream's, or one well's for a plate), one MEA electrode each."""
+    bad = [c for c in sec.channels if c >= n_columns]
+    if bad:
+        raise ctx.fail("amplifier.channels", bad[:8], f"stream columns 0..{n_columns - 1} "
+                       + (f"({sec.wells} well(s) x {sec.channels_per_well} channels)"
+                          if n_columns > sec.channels_per_well else "(one well's channels)"))
+    if sec.electrodes is not None and len(sec.electrodes) != len(sec.channels):
+        raise ctx.fail("amplifier.electrodes", f"{len(sec.electrodes)} electrodes",
+                       f"{len(sec.channels)}, one MEA electrode per channel")
+
+
+def start_maxlab_emulator(ctx: Ctx, sec: MaxLabAmplifier, cultures, electrodes: list[int], clock,
+                          subscribers: int = 1):
+    """MaxLab's server emulated on loopback: `cultures` one culture (MaxOne, or well 0 of a MaxTwo) or a list,
+    one per well with `clock` a list of each well's reader position; started, and listed in `ctx.emulators`."""
+    from rigctl.sim.maxlab_emulator import MaxLabEmulator
+
+    try:
+        emu = MaxLabEmulator(cultures, columns=sec.channels, electrodes=electrodes, wells=sec.wells,
+                             channels_per_well=sec.channels_per_well, frames_per_message=sec.emulator.frames_per_message,
+                             lsb_mV=sec.emulator.lsb_mV, seed=ctx.seed, realtime=ctx.realtime, clock=clock,
+                             subscribers=subscribers).start()
+    except ValueError as exc:
+        raise RigFileError(f"{ctx.doc.where('amplifier.emulator')}: {exc}") from exc
+    ctx.emulators.append(emu)
+    return emu
+
+
+def open_maxlab_driver(ctx: Ctx, sec: MaxLabAmplifier, address: tuple[str, int, int], columns: list[int],
+                       electrodes: list[int] | None, well: int | None = None) -> tuple[Any, dict]:
+    """The driver on (host, command port, data port) reading `columns`; with `well`, one well of a MaxTwo."""
+    from rigctl.drivers.maxlab import MaxLab
+    from rigctl.errors import DeviceError
+
+    host, port, data_port = address
+    desc: dict[str, Any] = {"driver": "maxlab", "host": sec.host, "command_port": sec.command_port,
+                            "data_port": sec.data_port, "mode": "voltage"}
+    if sec.host == EMULATE:
+        desc.update({"emulator_command_port": port, "emulator_data_port": data_port})
+    try:
+        drv = MaxLab(host, port, channels=columns, electrodes=electrodes, wells=sec.wells,
+                     channels_per_well=sec.channels_per_well, data_port=data_port, uV_per_unit=sec.uV_per_unit,
+                     uV_per_bit=sec.uV_per_bit, chunk_ms=sec.chunk_ms, timeout_s=sec.timeout_s,
+                     arm_ahead_ms=sec.arm_ahead_ms, trigger_latency_ms=sec.trigger_latency_ms, well=well)
+    except DeviceError as exc:
+        raise DeviceError(f"{ctx.doc.where('amplifier.host')}: {exc}") from exc
+    desc.update({"channels": columns, "electrodes": electrodes, "wells": sec.wells,
                  "channels_per_well": sec.channels_per_well, "sample_rate_hz": drv.fs, "dac_lsb_mV": drv.lsb_mV})
+    if well is not None:
+        desc["well"] = well
     return drv, desc
 
 
@@ -306,6 +331,17 @@ def parse_rig(doc: LocatedDoc) -> RigFile:
     return parse(RigFile, doc.data, located(doc, RigFileError, rig_line))
 
 
+def rig_limits(doc: LocatedDoc, rig: RigFile, n_channels: int) -> SafetyLimits:
+    """The rig file's `safety` section over the defaults; a bad value is a RigFileError naming its line."""
+    safety = dict(rig.safety or {})
+    safety.setdefault("n_electrodes", n_channels)
+    try:
+        return SafetyLimits.from_dict(safety)
+    except SafetyConfigError as exc:
+        field = next((k for k in safety if f"safety.{k}" in str(exc)), None)
+        raise RigFileError(f"{doc.where('safety.' + field if field else 'safety')}: {exc}") from exc
+
+
 class RigParts(NamedTuple):
     """What a rig file opens; `rigctl.rigs.open_rig` wraps it in a `Rig`."""
 
@@ -329,13 +365,7 @@ def build_rig_file(path: str | Path, *, seed: int, drug: str = "none", realtime:
     try:
         amp, amp_desc = AMPLIFIER_BUILDERS[rig.amplifier.driver](ctx, rig.amplifier, closers)
         stim, stim_desc = STIMULATOR_BUILDERS[rig.stimulator.driver](ctx, rig.stimulator, amp, closers)
-        safety = dict(rig.safety or {})
-        safety.setdefault("n_electrodes", amp.n_channels)
-        try:
-            limits = SafetyLimits.from_dict(safety)
-        except SafetyConfigError as exc:
-            field = next((k for k in safety if f"safety.{k}" in str(exc)), None)
-            raise RigFileError(f"{doc.where('safety.' + field if field else 'safety')}: {exc}") from exc
+        limits = rig_limits(doc, rig, amp.n_channels)
     except BaseException:
         for close in closers:
             try:

@@ -18,6 +18,13 @@ vendored public copies; the ZMQ stream as community code reads it):
   `frames_per_message` frames per message (1 = what MaxLab is seen to send). No spike events (rigctl
   detects spikes itself).
 
+MaxTwo: `backend` may be a list, one culture per well (well w's electrode i = stream column
+w * channels_per_well + columns[i], each well its own chip: 32 units, three DACs, its own `online` array).
+`system_set_activated_wells 0,2` (maxlab.util.activate, [verified] command string) picks the wells that
+later chip commands and `sequence_send` act on; queries answer for the lowest activated well
+[assumption: how a real MaxTwo addresses one well's units is not public; verify on the bench]. Every well
+is activated at start.
+
 Time: accelerated (default) publishes with back-pressure (XPUB, no drops) once a subscriber is there;
 with `clock` (the reading driver's frame position, in-process rigs) it also stays at most `lead_s` ahead
 of it, and "now" for `sequence_send` is that clock, so a pulse lands on the sample the driver aimed at.
@@ -76,6 +83,25 @@ class _Event:
     args: tuple = field(compare=False, default=())
 
 
+@dataclass
+class _Chip:
+    """One well: the culture behind its stream columns, its 32 stimulation units, three DACs, arrays and the
+    pulses laid out for it; `clock` is its reader's frame position (in-process rigs) or None."""
+
+    backend: object
+    columns: list[int]  # absolute stream columns of the culture's electrodes
+    index_of_mea: dict[int, int]
+    clock: Callable[[], int | None] | None
+    frontier: int  # pulses before this frame can no longer reach the culture
+    units: list[_Unit] = field(default_factory=lambda: [_Unit() for _ in range(mw.N_STIM_UNITS)])
+    dacs: list[int] = field(default_factory=lambda: [mw.DAC_ZERO] * 3)
+    arrays: dict[str, dict[int, int]] = field(default_factory=lambda: {"online": {}})  # token -> MEA -> unit
+    downloaded: dict[int, int] = field(default_factory=dict)  # unit -> MEA electrode, as on the chip
+    events: list[_Event] = field(default_factory=list)
+    delivered: list[StimCommand] = field(default_factory=list)
+    buf: np.ndarray | None = None  # culture frames read, not yet published
+
+
 class MaxLabEmulator:
     """`backend` is the culture (or a StimulusBus). Culture electrode i = stream column `columns[i]` and MEA
     electrode `electrodes[i]`."""
@@ -84,22 +110,33 @@ class MaxLabEmulator:
                  wells: int = 1, channels_per_well: int = mw.CHANNELS_PER_WELL, frames_per_message: int = 1,
                  lsb_mV: float = 2.9, seed: int = 0, noise_uV: float = 5.0, host: str = "127.0.0.1",
                  command_port: int = 0, data_port: int = 0, realtime: bool = False,
-                 clock: Callable[[], int | None] | None = None, lead_s: float = 0.05, horizon_s: float = 0.05):
+                 clock: Callable[[], int | None] | list | None = None, lead_s: float = 0.05,
+                 horizon_s: float = 0.05, subscribers: int = 1):
         if wells not in mw.WELLS:
             raise ValueError(f"wells={wells}; allowed: {mw.WELLS}")
-        self.backend = backend
-        self.fs = float(backend.sample_rate_hz)
-        if self.fs != mw.SAMPLE_RATE_HZ:
-            raise ValueError(f"the culture runs at {self.fs:g} Hz; MaxLab streams at {mw.SAMPLE_RATE_HZ:g} Hz")
-        n = int(backend.n_channels)
+        per_well = isinstance(backend, (list, tuple))
+        backends = list(backend) if per_well else [backend]
+        if not backends or len(backends) > wells:
+            raise ValueError(f"{len(backends)} cultures; allowed: 1 to {wells} (one per well)")
+        clocks = list(clock) if isinstance(clock, (list, tuple)) else [clock] * len(backends)
+        self.backend = backends[0]
+        self.fs = float(self.backend.sample_rate_hz)
+        n = int(self.backend.n_channels)
+        for b in backends:
+            if float(b.sample_rate_hz) != mw.SAMPLE_RATE_HZ:
+                raise ValueError(f"the culture runs at {float(b.sample_rate_hz):g} Hz; MaxLab streams at "
+                                 f"{mw.SAMPLE_RATE_HZ:g} Hz")
+            if int(b.n_channels) != n:
+                raise ValueError(f"cultures of {int(b.n_channels)} and {n} electrodes; allowed: the same in every well")
         self.n_stream = wells * channels_per_well
         self.columns = list(range(n)) if columns is None else [int(c) for c in columns]
         self.electrodes = default_electrodes(n) if electrodes is None else [int(e) for e in electrodes]
         if len(self.columns) != n or len(self.electrodes) != n:
             raise ValueError(f"{len(self.columns)} columns and {len(self.electrodes)} MEA electrodes for {n} "
                              "culture electrodes; allowed: one each per electrode")
-        if len(set(self.columns)) != n or not all(0 <= c < self.n_stream for c in self.columns):
-            raise ValueError(f"columns must be distinct, 0..{self.n_stream - 1}")
+        top = channels_per_well if per_well else self.n_stream
+        if len(set(self.columns)) != n or not all(0 <= c < top for c in self.columns):
+            raise ValueError(f"columns must be distinct, 0..{top - 1}" + (" (within a well)" if per_well else ""))
         if len(set(self.electrodes)) != n or not all(0 <= e < mw.n_electrodes() for e in self.electrodes):
             raise ValueError(f"MEA electrodes must be distinct, 0..{mw.n_electrodes() - 1}")
         self.wells, self.channels_per_well = wells, channels_per_well
@@ -107,30 +144,28 @@ class MaxLabEmulator:
         self.lsb_mV = lsb_mV
         self.host = host
         self.realtime = realtime
-        self.clock = clock
         self.lead = int(round(lead_s * self.fs))
+        self.subscribers = subscribers  # accelerated: publish once this many readers subscribed (one per well)
         self.horizon = int(round(horizon_s * self.fs))
         self.faults = MaxLabFaults()
         self.lock = threading.RLock()
-        self.units = [_Unit() for _ in range(mw.N_STIM_UNITS)]
-        self.dacs = [mw.DAC_ZERO] * 3
-        self.arrays: dict[str, dict[int, int]] = {"online": {}}  # token -> MEA electrode -> unit
-        self.downloaded: dict[int, int] = {}  # unit -> MEA electrode, as on the chip
+        self.frame = int(self.backend.now_sample)  # next frame to publish
+        index_of_mea = {e: i for i, e in enumerate(self.electrodes)}
+        self.chips = [_Chip(b, [w * channels_per_well * per_well + c for c in self.columns], index_of_mea, clocks[w],
+                            self.frame) for w, b in enumerate(backends)]
+        self.activated = list(range(len(self.chips)))
         self.sequences: dict[str, list[str]] = {}
         self._seq_count = 0
-        self._events: list[_Event] = []
         self._order = 0
-        self.delivered: list[StimCommand] = []
+        self.delivered: list[StimCommand] = []  # every well's pulses (each chip keeps its own too)
         self.commands: deque[str] = deque(maxlen=10000)  # every command received (tests, `rigctl emulate`)
         self.errors: list[str] = []
         self.on_pulse: Callable[[StimCommand], None] | None = None
-        self._index_of_mea = {e: i for i, e in enumerate(self.electrodes)}
         rng = np.random.default_rng(seed)
         rows = max(256, min(2000, 4_000_000 // self.n_stream))  # a repeating block: a few MB at most
         self._noise = (rng.standard_normal((rows, self.n_stream), dtype=np.float32) * np.float32(noise_uV))
-        self._noise[:, self.columns] = 0.0
-        self.frame = int(backend.now_sample)  # next frame to publish
-        self._frontier = self.frame  # pulses before this frame can no longer reach the culture
+        for chip in self.chips:
+            self._noise[:, chip.columns] = 0.0
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -142,6 +177,7 @@ class MaxLabEmulator:
         self.pub.setsockopt(zmq.LINGER, 0)
         if not realtime:
             self.pub.setsockopt(zmq.XPUB_NODROP, 1)  # back-pressure instead of drops
+            self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every reader's subscription counts (one per well)
             self.pub.setsockopt(zmq.SNDHWM, max(2, 400 // self.frames_per_message))
             self.pub.setsockopt(zmq.SNDBUF, 256 * 1024)
             self.pub.setsockopt(zmq.SNDTIMEO, 50)  # a blocked send wakes up to check for close()
@@ -152,6 +188,18 @@ class MaxLabEmulator:
             self.data_port = self.pub.bind_to_random_port(f"tcp://{host}", min_port=20000, max_port=60000)
         self._threads = [threading.Thread(target=self._serve_commands, name="maxlab-commands", daemon=True),
                          threading.Thread(target=self._stream, name="maxlab-stream", daemon=True)]
+
+    @property
+    def units(self) -> list["_Unit"]:
+        """The first well's stimulation units (a MaxOne's only chip)."""
+        return self.chips[0].units
+
+    @property
+    def dacs(self) -> list[int]:
+        return self.chips[0].dacs
+
+    def _active(self) -> list["_Chip"]:
+        return [self.chips[w] for w in self.activated]
 
     def start(self) -> "MaxLabEmulator":
         for t in self._threads:
@@ -236,18 +284,22 @@ class MaxLabEmulator:
     def _direct(self, verb: str, args: list[str]) -> str:
         if verb == "system_query_dac_lsb_mv":
             return f"{self.lsb_mV:g}"
-        if verb == "mea_set_stimulation_unit":
-            self._set_unit(args)
+        if verb == "system_set_activated_wells":
+            wells = [int(w) for w in self._one(args).split(",")]
+            if not wells or not all(0 <= w < len(self.chips) for w in wells):
+                return mw.ERROR_REPLY
+            self.activated = sorted(set(wells))
             return OK
-        if verb == "mea_set_dac":
-            self._set_dac(args, at=None)
-            return OK
-        if verb == "mea_array_new":
-            self.arrays.setdefault(args[0], {})
-            return OK
-        if verb == "mea_array_delete":
-            if args[0] != "online":
-                self.arrays.pop(args[0], None)
+        for chip in self._active():
+            if verb == "mea_set_stimulation_unit":
+                self._set_unit(chip, args)
+            elif verb == "mea_set_dac":
+                self._set_dac(chip, args, at=None)
+            elif verb == "mea_array_new":
+                chip.arrays.setdefault(self._one(args), {})
+            elif verb == "mea_array_delete" and self._one(args) != "online":
+                chip.arrays.pop(args[0], None)
+        if verb in ("mea_set_stimulation_unit", "mea_set_dac", "mea_array_new", "mea_array_delete"):
             return OK
         if verb in ("system_delay_samples",):
             return OK  # outside a sequence: nothing to wait for
@@ -259,33 +311,40 @@ class MaxLabEmulator:
         return mw.ERROR_REPLY
 
     @staticmethod
+    def _one(args: list[str]) -> str:
+        if len(args) != 1:
+            raise ValueError(f"{len(args)} arguments; allowed: 1")
+        return args[0]
+
+    @staticmethod
     def _ints(args: list[str], n: int) -> list[int]:
         if len(args) != n:
             raise ValueError(f"{len(args)} arguments; allowed: {n}")
         return [int(a) for a in args]
 
-    def _set_unit(self, args: list[str], at: int | None = None) -> None:
+    def _set_unit(self, chip: _Chip, args: list[str], at: int | None = None) -> None:
         u, power, connect, current, large, dac, ext = self._ints(args, 7)
         if not -1 <= u < mw.N_STIM_UNITS or not 0 <= dac <= 2:
             raise ValueError("unit or dac out of range")
         if at is not None:  # inside a sequence: takes effect at its sample
-            self._push(at, "unit", (u, power, connect, current, large, dac, ext))
+            self._push(chip, at, "unit", (u, power, connect, current, large, dac, ext))
             return
-        self._apply_unit((u, power, connect, current, large, dac, ext))
+        self._apply_unit(chip, (u, power, connect, current, large, dac, ext))
 
-    def _apply_unit(self, a: tuple) -> None:
+    @staticmethod
+    def _apply_unit(chip: _Chip, a: tuple) -> None:
         u, power, connect, current, large, dac, ext = a
         for k in (range(mw.N_STIM_UNITS) if u == -1 else (u,)):
-            self.units[k] = _Unit(bool(power), bool(connect), bool(current), bool(large), dac, bool(ext))
+            chip.units[k] = _Unit(bool(power), bool(connect), bool(current), bool(large), dac, bool(ext))
 
-    def _set_dac(self, args: list[str], at: int | None) -> tuple[int, int, int]:
+    def _set_dac(self, chip: _Chip, args: list[str], at: int | None) -> tuple[int, int, int]:
         n, code, code2 = self._ints(args, 3)
         if not 0 <= n <= 3 or not (0 <= code <= mw.DAC_MAX and 0 <= code2 <= mw.DAC_MAX):
             raise ValueError("dac or code out of range")
         if at is None:
             for d, c in self._dac_targets(n, code, code2):
-                self.dacs[d] = c
-                if c != mw.DAC_ZERO and any(x.power and x.connect and x.dac == d for x in self.units):
+                chip.dacs[d] = c
+                if c != mw.DAC_ZERO and any(x.power and x.connect and x.dac == d for x in chip.units):
                     self.errors.append(f"mea_set_dac {n} {code} outside a sequence on powered units: a DC level "
                                        "is not emulated")
         return n, code, code2
@@ -295,17 +354,22 @@ class MaxLabEmulator:
         return [(0, code), (1, code2)] if n == 3 else [(n, code)]
 
     def _array(self, args: list[str], sub: str) -> str:
+        """An array sub-command on every activated well; the reply is the lowest well's."""
+        replies = [self._chip_array(chip, args, sub) for chip in self._active()]
+        return mw.ERROR_REPLY if mw.ERROR_REPLY in replies else replies[0]
+
+    def _chip_array(self, chip: _Chip, args: list[str], sub: str) -> str:
         token = args[0]
-        if token not in self.arrays:
+        if token not in chip.arrays:
             return mw.ERROR_REPLY
-        conn = self.arrays[token]
+        conn = chip.arrays[token]
         words = sub.split()
         if not words:
             return mw.ERROR_REPLY
         verb, a = words[0], words[1:]
         if verb == "mea_array_connect_electrode_to_stimulation":
             e = int(a[0])
-            if e not in self._index_of_mea:
+            if e not in chip.index_of_mea:
                 return mw.ERROR_REPLY  # not routed in this configuration
             if e not in conn:
                 free = sorted(set(range(mw.N_STIM_UNITS)) - set(conn.values()))
@@ -320,7 +384,7 @@ class MaxLabEmulator:
             conn.pop(int(a[0]), None)
             return OK
         if verb == "mea_array_download":
-            self.downloaded = {u: e for e, u in conn.items()}
+            chip.downloaded = {u: e for e, u in conn.items()}
             return OK
         if verb in ("mea_array_reset", "mea_array_clear_selected_electrodes"):
             conn.clear()
@@ -349,7 +413,8 @@ class MaxLabEmulator:
             self.sequences[token].append(body)
             return OK
         if verb == "sequence_send":
-            self._run(token)
+            for chip in self._active():
+                self._run(chip, token)
             return OK
         if verb == "sequence_reset":
             self.sequences[token] = []
@@ -360,23 +425,24 @@ class MaxLabEmulator:
         return mw.ERROR_REPLY
 
     # ---- stimulation ---------------------------------------------------------------------------------------------
-    def now(self) -> int:
+    def now(self, chip: "_Chip | None" = None) -> int:
         """The frame a sequence sent now starts at: the client's clock if given, else the earliest frame the
         culture can still be stimulated at (the next frame to publish, or later if the culture has already
         simulated past it)."""
-        if self.clock is not None:
-            c = self.clock()
+        chip = chip or self.chips[0]
+        if chip.clock is not None:
+            c = chip.clock()
             if c is not None:
                 return int(c)
-        return max(self.frame, self._frontier)
+        return max(self.frame, chip.frontier)
 
-    def _push(self, sample: int, kind: str, args: tuple) -> None:
+    def _push(self, chip: _Chip, sample: int, kind: str, args: tuple) -> None:
         self._order += 1
-        self._events.append(_Event(sample, self._order, kind, args))
+        chip.events.append(_Event(sample, self._order, kind, args))
 
-    def _run(self, token: str) -> None:
-        """Lay a sequence's commands out in time from now; DAC steps become pulses."""
-        t = self.now()
+    def _run(self, chip: _Chip, token: str) -> None:
+        """Lay a sequence's commands out in time from the well's now; DAC steps become pulses."""
+        t = self.now(chip)
         levels: dict[int, list[tuple[int, int]]] = {0: [], 1: [], 2: []}
         for cmd in self.sequences[token]:
             words = cmd.split()
@@ -386,16 +452,16 @@ class MaxLabEmulator:
                     raise ValueError("negative delay")
                 t += n
             elif words[0] == "mea_set_dac":
-                for d, c in self._dac_targets(*self._set_dac(words[1:], at=t)):
+                for d, c in self._dac_targets(*self._set_dac(chip, words[1:], at=t)):
                     levels[d].append((t, c))
             elif words[0] == "mea_set_stimulation_unit":
-                self._set_unit(words[1:], at=t)
+                self._set_unit(chip, words[1:], at=t)
         for d, steps in levels.items():
-            self._pulses(d, steps, token)
+            self._pulses(chip, d, steps, token)
 
-    def _pulses(self, dac: int, steps: list[tuple[int, int]], token: str) -> None:
+    def _pulses(self, chip: _Chip, dac: int, steps: list[tuple[int, int]], token: str) -> None:
         """Biphasic excursions of one DAC -> pulse events; anything else goes to `errors`."""
-        i, level = 0, self.dacs[dac]
+        i, level = 0, chip.dacs[dac]
         while i < len(steps):
             t0, c1 = steps[i]
             if c1 == level or c1 == mw.DAC_ZERO:
@@ -418,35 +484,36 @@ class MaxLabEmulator:
             v2 = (mw.DAC_ZERO - shape[used - 2]) * self.lsb_mV
             us = 1e6 / self.fs
             pulse = BiphasicPulse(v1, n1 * us, v2, n2 * us, gap * us, "mV")
-            self._push(t0, "pulse", (dac, pulse))
+            self._push(chip, t0, "pulse", (dac, pulse))
             level = mw.DAC_ZERO
             i += used
 
-    def deliver(self, until: int) -> None:
-        """Hand the culture every pulse starting before `until` (unit states as they are at its onset)."""
-        self._frontier = max(self._frontier, until)
-        due = sorted(e for e in self._events if e.sample < until)
+    def deliver(self, chip: _Chip, until: int) -> None:
+        """Hand a well's culture every pulse starting before `until` (unit states as they are at its onset)."""
+        chip.frontier = max(chip.frontier, until)
+        due = sorted(e for e in chip.events if e.sample < until)
         if not due:
             return
-        self._events = [e for e in self._events if e.sample >= until]
+        chip.events = [e for e in chip.events if e.sample >= until]
         for ev in due:
             if ev.kind == "unit":
-                self._apply_unit(ev.args)
+                self._apply_unit(chip, ev.args)
                 continue
             dac, pulse = ev.args
             targets = []
-            for u, st in enumerate(self.units):
-                if st.power and st.connect and st.dac == dac and not st.external_ref and u in self.downloaded:
+            for u, st in enumerate(chip.units):
+                if st.power and st.connect and st.dac == dac and not st.external_ref and u in chip.downloaded:
                     if st.current_mode:
                         self.errors.append(f"unit {u} in current mode at sample {ev.sample}: not emulated")
                         continue
-                    targets.append(self._index_of_mea[self.downloaded[u]])
+                    targets.append(chip.index_of_mea[chip.downloaded[u]])
             if not targets:
                 continue  # the DAC moved with no unit on it: nothing reaches the culture
             cmd = StimCommand(ev.sample, tuple(sorted(targets)), pulse)
             self.delivered.append(cmd)
+            chip.delivered.append(cmd)
             try:
-                self.backend.schedule(cmd)
+                chip.backend.schedule(cmd)
             except Exception as exc:
                 self.errors.append(f"culture refused pulse at sample {ev.sample}: {exc}")
                 continue
@@ -460,7 +527,7 @@ class MaxLabEmulator:
             while self.pub.poll(0, zmq.POLLIN):
                 msg = self.pub.recv()
                 subscribers += 1 if msg[:1] == b"\x01" else -1
-            if subscribers > 0:
+            if subscribers >= self.subscribers:
                 return True
             self.pub.poll(20, zmq.POLLIN)
         return False
@@ -468,12 +535,11 @@ class MaxLabEmulator:
     def _stream(self) -> None:
         if not self.realtime and not self._wait_for_subscriber():
             return
-        self.backend.start()
+        for chip in self.chips:
+            chip.backend.start()
+            chip.buf = np.empty((0, len(self.columns)), np.float32)
         k = self.frames_per_message
-        buf = np.empty((0, len(self.columns)), np.float32)
         wall0, first0 = time.monotonic(), self.frame
-        scale = np.float32(self.backend.uV_per_bit)
-        chunk_len = int(getattr(self.backend, "chunk_samples", k))
         while not self._stop.is_set():
             if self.faults.stalled:
                 self._stop.wait(0.005)
@@ -482,35 +548,42 @@ class MaxLabEmulator:
             if self.realtime:
                 if self._stop.wait(max(0.0, wall0 + (self.frame + k - first0) / self.fs - time.monotonic())):
                     return
-            elif self.clock is not None:
-                c = self.clock()
-                if c is not None and self.frame + k > c + self.lead:
-                    self._stop.wait(0.0002)  # the reader is behind: an accelerated server stays near it
+            else:
+                clocks = [c for c in (chip.clock() for chip in self.chips if chip.clock is not None) if c is not None]
+                if clocks and self.frame + k > min(clocks) + self.lead:
+                    self._stop.wait(0.0002)  # a reader is behind: an accelerated server stays near the slowest
                     continue
             with self.lock:
-                while len(buf) < k:
-                    self.deliver(self.backend.now_sample + chunk_len + self.horizon)
-                    data = self.backend.read().samples
-                    if data.shape[1] != len(self.columns):
-                        self.errors.append("the culture serves no voltage traces (events mode)")
+                frames = self._noise_frames(self.frame, k)
+                for chip in self.chips:
+                    if not self._fill(chip, k):
                         return
-                    buf = np.concatenate([buf, data.astype(np.float32) * scale])
-                frames = self._frames(buf[:k], self.frame)
+                    frames[:, chip.columns] = chip.buf[:k]
+                    chip.buf = chip.buf[k:]
                 if self.faults.nan_next:
                     self.faults.nan_next = False
-                    frames[0, self.columns[0]] = np.nan
-                buf = buf[k:]
+                    frames[0, self.chips[0].columns[0]] = np.nan
                 first = self.frame
                 self.frame += k
             if not self._publish(mw.frame_message(first, frames)):
                 return
 
-    def _frames(self, culture_uV: np.ndarray, first: int) -> np.ndarray:
-        k = len(culture_uV)
-        rows = (np.arange(first, first + k) % len(self._noise))
-        out = self._noise[rows]
-        out[:, self.columns] = culture_uV
-        return out
+    def _noise_frames(self, first: int, k: int) -> np.ndarray:
+        """k frames of the seeded noise from frame `first` (every culture column 0, to be filled)."""
+        return self._noise[np.arange(first, first + k) % len(self._noise)]
+
+    def _fill(self, chip: _Chip, k: int) -> bool:
+        """Read a well's culture (pulses delivered a horizon ahead) until `k` frames are buffered."""
+        backend = chip.backend
+        chunk_len = int(getattr(backend, "chunk_samples", k))
+        while len(chip.buf) < k:
+            self.deliver(chip, backend.now_sample + chunk_len + self.horizon)
+            data = backend.read().samples
+            if data.shape[1] != len(self.columns):
+                self.errors.append("the culture serves no voltage traces (events mode)")
+                return False
+            chip.buf = np.concatenate([chip.buf, data.astype(np.float32) * np.float32(backend.uV_per_bit)])
+        return True
 
     def _publish(self, parts: list[bytes]) -> bool:
         f = self.faults

@@ -2,6 +2,7 @@
 
 Layers, from the top:
 - composition root: `rigctl.cli`, `rigctl.commands.*`, `rigctl.session`, `rigctl.plate_session`, `rigctl.rigs`, `rigctl.rigfile`,
+  `rigctl.maxlab_plate` (a MaxTwo plate's server and per-well drivers),
   `rigctl.benchmarks.*`, `rigctl.gym.*` (the Gymnasium environment opens rigs), `rigctl.twin.*` (the digital twin
   drives a simulated culture): may import anything;
 - simulator: `rigctl.sim.*` (folder `sim/`): may import the core (e.g. the drivers' wire modules), not the root;
@@ -26,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 COMPOSITION_ROOT = ("rigctl.cli", "rigctl.commands", "rigctl.session", "rigctl.rigs", "rigctl.rigfile",
-                    "rigctl.benchmarks", "rigctl.gym", "rigctl.plate_session", "rigctl.twin")
+                    "rigctl.benchmarks", "rigctl.gym", "rigctl.plate_session", "rigctl.maxlab_plate", "rigctl.twin")
 SIM = ("rigctl.sim",)
 
 
