@@ -224,11 +224,12 @@ class ProtocolRunner:
         """Samples per read: 0 (the rig's own chunks) unless the whole plan is known before the run (open loop,
         no closed-loop rule), the rig delivers any length at once (simulated, not paced to the wall clock) and
         its chunks carry their own spikes (no signal path: its detections in 1-s chunks differ from those in
-        50-ms ones). Then nothing reacts inside a chunk, every data file is the same for any chunking, and
+        50-ms ones), and no control channel or stream watches it. Then nothing reacts inside a chunk, every data file is the same for any chunking, and
         longer chunks save the per-chunk cost that dominates a simulated run; a stop still lands within one
         chunk, which takes milliseconds of wall time."""
         if (self.config.batch_s <= 0 or self.config.realtime or self.reactions or not self.protocol.open_loop
-                or not self.amp.can_batch or self.source.make_signal_path is not None):
+                or not self.amp.can_batch or self.source.make_signal_path is not None
+                or self.steering is not None or self.publisher is not None):  # pauses and live views: per chunk
             return 0
         return max(1, int(round(self.config.batch_s * self.fs)))
 
