@@ -52,6 +52,16 @@ class Amplifier(ABC):
         """Advance the source to `sample` without producing chunks. Only where `can_skip`."""
         raise NotImplementedError(f"{type(self).__name__} cannot skip samples")
 
+    @property
+    def can_batch(self) -> bool:
+        """True if `read_samples` may return a chunk of any length (simulated rigs: no device latency, and a
+        chunk's fixed cost is what bounds their speed)."""
+        return False
+
+    def read_samples(self, n_samples: int) -> Chunk:
+        """The next `n_samples` samples as one chunk. Only where `can_batch`."""
+        raise NotImplementedError(f"{type(self).__name__} reads chunks of its own size")
+
 
 class Stimulator(ABC):
     """A device that delivers biphasic pulses at amplifier sample indices."""

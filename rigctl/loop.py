@@ -46,6 +46,7 @@ class LoopConfig:
     realtime: bool = False  # wall-clock run: measure lag, count overruns
     overrun_budget_s: float = 0.05  # lag beyond which a realtime chunk counts as an overrun
     watchdog_s: float = 1.0  # realtime: no chunk processed for this long -> stimulator to safe state
+    batch_s: float = 1.0  # open loop on a rig that can batch: read this much per chunk (0: the rig's chunks)
     progress: bool = True
 
 
@@ -97,6 +98,7 @@ class ProtocolRunner:
         self._peeked: PlannedTrial | None = None  # the next trial, as the protocol answered for it
         self._session_counts: list[np.ndarray] = []
         self._checkpoint_due = False  # a trial asked for a checkpoint; taken at the end of its chunk
+        self._batch_samples = 0  # samples per read when batching (set by `start`); 0: the rig's chunks
         self.steering = steering
         self._publish_spikes = getattr(publisher, "spikes", None)  # the stream's bounded binary spike topic
         self._publish_raw = getattr(publisher, "raw", None)  # and its raw topic (None when off)
@@ -215,6 +217,21 @@ class ProtocolRunner:
         self.source.start()
         self._clock_origin = None  # set at the first chunk: start-up (JIT compilation, connects) is not lag
         self._watchdog = Watchdog(self.config.watchdog_s, self._on_stall).start() if self.config.realtime else None
+        self._batch_samples = self._batch_length()
+        self.chunk_hint = max(self.chunk_hint, self._batch_samples)  # pulses are handed over two chunks ahead
+
+    def _batch_length(self) -> int:
+        """Samples per read: 0 (the rig's own chunks) unless the whole plan is known before the run (open loop,
+        no closed-loop rule), the rig delivers any length at once (simulated, not paced to the wall clock) and
+        its chunks carry their own spikes (no signal path: its detections in 1-s chunks differ from those in
+        50-ms ones), and no control channel or stream watches it. Then nothing reacts inside a chunk, every data file is the same for any chunking, and
+        longer chunks save the per-chunk cost that dominates a simulated run; a stop still lands within one
+        chunk, which takes milliseconds of wall time."""
+        if (self.config.batch_s <= 0 or self.config.realtime or self.reactions or not self.protocol.open_loop
+                or not self.amp.can_batch or self.source.make_signal_path is not None
+                or self.steering is not None or self.publisher is not None):  # pauses and live views: per chunk
+            return 0
+        return max(1, int(round(self.config.batch_s * self.fs)))
 
     def running(self) -> bool:
         """Whether `run` reads another chunk: trials not done, kept windows not all recorded, or recording left."""
@@ -229,7 +246,7 @@ class ProtocolRunner:
                 self._steer()
             self._skip_rest_if_possible()
             self._schedule_ahead()
-            chunk = self.amp.read()
+            chunk = self.amp.read_samples(self._batch_samples) if self._batch_samples else self.amp.read()
             self._process(chunk, self._progress)
             if total == 0:
                 self._progress.recorded(self.clock / self.fs, self.protocol.record_until / self.fs)

@@ -133,7 +133,9 @@ def _check_plan(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, first_
 def _make_runner(protocol: Protocol, guarded: GuardedStimulator, rig: Rig, store: SessionStore,
                  options: RunOptions, publisher=None, control=None) -> ProtocolRunner:
     make_signal = _signal_factory(rig)[0]
-    config = LoopConfig(realtime=options.realtime, progress=options.progress)
+    # an explicit --chunk-ms is read as asked; otherwise an open-loop run may read longer chunks (`batch_s`)
+    config = LoopConfig(realtime=options.realtime, progress=options.progress,
+                        batch_s=0.0 if options.chunk_ms else LoopConfig.batch_s)
     return ProtocolRunner(protocol, rig.amplifier, guarded, store, _models(protocol, rig.amplifier.n_channels),
                           make_signal, config, publisher=publisher, rig_state=rig.state,
                           steering=control.make_steering() if control is not None else None)

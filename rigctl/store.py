@@ -87,6 +87,7 @@ class SessionStore:
         self._trial_dtype = self.info.trial_dtype
         self._trial_field_names = [f.name for f in self.info.trial_fields]
         self._files = {name: open(self.path / name, "ab") for name in APPEND_FILES}
+        self._synced_lengths: dict[str, int] = {}  # each file's length at its last fsync
         self._raw_offset = (self.path / "raw.bin").stat().st_size
 
     @staticmethod
@@ -201,8 +202,7 @@ class SessionStore:
     def write_checkpoint(self, state: dict[str, Any]) -> None:
         """Flush and fsync every file, then atomically replace the checkpoint (rigctl.checkpoint)."""
         lengths = self.file_lengths()
-        for f in self._files.values():
-            os.fsync(f.fileno())
+        self._fsync_changed(lengths)
         write_checkpoint_file(self.path, {"lengths": lengths, "state": state})
 
     def read_checkpoint(self) -> dict[str, Any] | None:
@@ -210,12 +210,19 @@ class SessionStore:
 
     def sync(self) -> None:
         """Flush and fsync every file: what was appended is on disk before a status change says so."""
-        self.flush()
-        for f in self._files.values():
-            os.fsync(f.fileno())
+        self._fsync_changed(self.file_lengths())
+
+    def _fsync_changed(self, lengths: dict[str, int]) -> None:
+        """fsync each file whose length changed since its last fsync (appends only grow a file; a cut resets
+        the record): an fsync costs milliseconds even on an idle file, and a checkpoint is taken every 64 trials."""
+        for name, f in self._files.items():
+            if self._synced_lengths.get(name) != lengths[name]:
+                os.fsync(f.fileno())
+                self._synced_lengths[name] = lengths[name]
 
     def truncate_to(self, lengths: dict[str, int]) -> None:
         """Cut every append file back to `lengths` (files missing from it are emptied)."""
+        self._synced_lengths.clear()
         for name in APPEND_FILES:
             f = self._files[name]
             f.flush()
@@ -225,6 +232,7 @@ class SessionStore:
 
     def drop_torn_records(self) -> None:
         """Cut each fixed-size record file to a whole number of records (after a crash)."""
+        self._synced_lengths.clear()
         for name, dtype in (("trials.bin", self.info.trial_dtype), ("spikes.bin", SPIKE_DTYPE),
                             ("stims.bin", STIM_DTYPE), ("raw_index.bin", RAW_INDEX_DTYPE)):
             f = self._files[name]

@@ -28,6 +28,9 @@ from rigctl.sim.drugs import drug_effect
 from rigctl.types import BiphasicPulse
 
 
+DRIVE_CACHE_PATTERNS = 64  # pulse patterns whose per-neuron drive is kept (closed loop may send many)
+
+
 @dataclass(frozen=True)
 class CultureConfig:
     """Every parameter of the culture model. Defaults are the tuned model; docs/culture.md gives sources."""
@@ -194,6 +197,8 @@ class Culture:
         s = math.sqrt(math.log(1.0 + cfg.act_threshold_cv ** 2))
         self._act_factor = rng.lognormal(-0.5 * s * s, s, n) * np.where(self.is_exc, 1.0, cfg.act_threshold_inh)
         self._d_elec = np.sqrt(((self.neuron_positions_um[:, None, :] - pos[None, :, :]) ** 2).sum(-1))
+        self._ith_uA = cfg.act_i0_uA + cfg.act_uA_per_um2 * self._d_elec ** 2  # I_th(d), neuron x electrode
+        self._drive_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         rate = np.where(self.is_exc, cfg.spont_exc_hz, cfg.spont_inh_hz)
         self._p_step = (rate * cfg.dt_ms * 1e-3).astype(np.float64)
         self._prm = self._params()
@@ -294,9 +299,7 @@ class Culture:
         stim = np.flatnonzero(cur > 0)
         if stim.size == 0:
             return
-        ith = cfg.act_i0_uA + cfg.act_uA_per_um2 * self._d_elec[:, stim] ** 2
-        ratio = (cur[stim][None, :] / ith).max(axis=1) / self._act_factor
-        p = 1.0 / (1.0 + np.exp(-(ratio - 1.0) / cfg.act_slope))
+        p, local_drive_mV = self._drive(cur, stim)
         u = ck.hash_u01_array(self.seed, ck.STREAM_PULSE, sample, self.n_neurons)
         fire = np.flatnonzero(u < p)
         lat = ck.hash_u01_array(self.seed, ck.STREAM_LATENCY, sample, self.n_neurons)[fire]
@@ -305,7 +308,23 @@ class Culture:
         self._fine_end = max(self._fine_end, k + self._fine_steps)
         if cfg.local_drive_mV > 0:
             self._relax_to(k)
-            self._IN += cfg.local_drive_mV * np.minimum(ratio, cfg.local_drive_cap) * self.effect.nmda_drive_scale
+            self._IN += local_drive_mV
+
+    def _drive(self, cur: np.ndarray, stim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(firing probability, local slow drive in mV) of each neuron under the pulse currents `cur` on the
+        electrodes `stim`. A protocol repeats a few patterns, so each is computed once and kept."""
+        key = cur.tobytes()
+        hit = self._drive_cache.get(key)
+        if hit is None:
+            cfg = self.config
+            ith = self._ith_uA[:, stim]
+            ratio = (cur[stim][None, :] / ith).max(axis=1) / self._act_factor
+            p = 1.0 / (1.0 + np.exp(-(ratio - 1.0) / cfg.act_slope))
+            local_mV = cfg.local_drive_mV * np.minimum(ratio, cfg.local_drive_cap) * self.effect.nmda_drive_scale
+            if len(self._drive_cache) >= DRIVE_CACHE_PATTERNS:
+                self._drive_cache.clear()
+            hit = self._drive_cache[key] = (p, local_mV)
+        return hit
 
     # ---- simulation -----------------------------------------------------------------------------------
     def _block(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -105,9 +105,17 @@ class SimRig(Amplifier, Stimulator):
             self._events = SpikeEvents.concat([self._events, new])
 
     def read(self) -> Chunk:
+        return self.read_samples(self.chunk_samples)
+
+    @property
+    def can_batch(self) -> bool:
+        return not self.realtime  # paced to the wall clock, a chunk is the latency a device would have
+
+    def read_samples(self, n_samples: int) -> Chunk:
+        """The next `n_samples`; any split of time gives the same spikes (the culture is chunk-free)."""
         if not self._started:
             raise DeviceError("simulated rig: read() before start()")
-        first, n = self._now, self.chunk_samples
+        first, n = self._now, int(n_samples)
         end = first + n
         if self.realtime:
             if self._wall0 is None:

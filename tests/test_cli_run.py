@@ -83,6 +83,19 @@ def test_voltage_run_keeps_the_same_data_in_its_default_50_ms_chunks_as_in_10_ms
     assert len(read_spikes(runs["default"])) > 0
 
 
+def test_events_run_keeps_the_same_data_in_batched_1_s_chunks_as_in_50_ms(tiny, tmp_path):
+    """Without --chunk-ms an open-loop protocol on sim-events reads 1-s chunks (`LoopConfig.batch_s`): the
+    culture's spikes do not depend on how time is split, so every data file is the one of 50-ms chunks."""
+    runs = {}
+    for name, extra in (("batched", []), ("c50", ["--chunk-ms", "50"])):
+        runs[name] = tmp_path / name
+        rigctl("run", str(tiny), "--rig", "sim-events", "--seed", "3", "--out", str(runs[name]), "--no-progress",
+               "--no-report", *extra)
+    for reader in (read_trials, read_spikes, read_stims):
+        assert reader(runs["batched"]).tobytes() == reader(runs["c50"]).tobytes(), reader.__name__
+    assert len(read_spikes(runs["batched"])) > 0
+
+
 def test_export_cli_prints_the_header_and_one_row_per_trial(tiny, tmp_path):
     out = tmp_path / "r"
     rigctl("run", str(tiny), "--rig", "sim-events", "--seed", "1", "--out", str(out), "--no-progress", "--no-report")

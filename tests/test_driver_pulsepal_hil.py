@@ -40,7 +40,9 @@ def fake_backend(*, sample_rate_hz, seed, mode, drug, chunk_ms, realtime):  # no
 @pytest.mark.parametrize("seed", [3])
 def test_bss_through_pulsepal_matches_the_direct_rig(tmp_path, seed):
     protocol = four_electrode_protocol(tmp_path)
-    opts = RunOptions(rig="sim-events", seed=seed, progress=False)
+    # the rig's own 50-ms chunks, as the Pulse Pal rig reads them (the fake culture's stand-in learning depends
+    # on chunking; without --chunk-ms this open-loop run would read 1-s chunks)
+    opts = RunOptions(rig="sim-events", seed=seed, progress=False, chunk_ms=50.0)
     direct = start_run(str(protocol), opts, tmp_path / "direct", rig_factory=fake_rig_factory)
     opened = []
 

@@ -73,6 +73,35 @@ def test_stored_data_do_not_depend_on_chunk_size(small_protocol, tmp_path):
         assert tail.any(), f"session {t['session']}: nothing stored 50-60 ms after its last trial"
 
 
+def _runner(small_protocol, tmp_path, *, realtime=False, reactions=(), config=None):
+    from rigctl.loop import LoopConfig, ProtocolRunner
+    from rigctl.safety import GuardedStimulator
+    from rigctl.store import SessionStore
+    protocol = load_protocol(small_protocol).with_overrides(sessions=1, trials_per_session=3)
+    rig = fake_rig_factory("sim-events", seed=0, realtime=realtime)
+    meta = {"protocol": protocol.name, "seed": 0, "rig": "fake",
+            "shapes": {"n_sources": 2, "n_stimuli": 32, "n_electrodes": 64}}
+    store = SessionStore.create(tmp_path / "r", meta, {})
+    config = config or LoopConfig(realtime=realtime, progress=False)
+    return ProtocolRunner(protocol.make_protocol(0, 25000.0), rig.amplifier,
+                          GuardedStimulator(rig.stimulator, rig.limits, 25000.0), store, [], None, config,
+                          rig_state=rig.state, reactions=list(reactions))
+
+
+def test_only_an_unpaced_open_loop_run_reads_batched_chunks(small_protocol, tmp_path):
+    """Open loop with nothing reacting per chunk on a rig that can batch: 1-s chunks; a closed-loop rule, a
+    rig paced to the wall clock or `batch_s` 0 keep the rig's own chunks (their latency is the point)."""
+    from rigctl.loop import LoopConfig
+    assert _runner(small_protocol, tmp_path / "a")._batch_length() == 25000
+    assert _runner(small_protocol, tmp_path / "b", realtime=True)._batch_length() == 0
+    assert _runner(small_protocol, tmp_path / "c", reactions=[lambda spikes, now: []])._batch_length() == 0
+    unbatched = LoopConfig(progress=False, batch_s=0.0)
+    assert _runner(small_protocol, tmp_path / "d", config=unbatched)._batch_length() == 0
+    runner = _runner(small_protocol, tmp_path / "e")
+    stats = runner.run()
+    assert stats.chunks < 10 and runner.n_done == 3  # 3 trials at 1 s: a few 1-s chunks, not 50-ms ones
+
+
 def test_same_seed_same_trials_other_seed_other_schedule(small_protocol, tmp_path):
     a = read_trials(run(small_protocol, tmp_path / "a", seed=4))
     b = read_trials(run(small_protocol, tmp_path / "b", seed=4))

@@ -43,7 +43,9 @@ class ScriptedControl:
         pass
 
 
-def _run(protocol, out, control=None, chunk_ms=None):
+def _run(protocol, out, control=None, chunk_ms=50.0):
+    """The rig's own chunks with or without a control channel (the fake culture depends on chunking; an
+    open-loop run without --chunk-ms or control would read 1-s chunks)."""
     opts = RunOptions(rig="sim-events", seed=3, progress=False, chunk_ms=chunk_ms)
     return start_run(str(protocol), opts, out, rig_factory=fake_rig_factory, control=control)
 

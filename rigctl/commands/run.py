@@ -139,7 +139,8 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, help="run directory to create (default: runs/<protocol>-seed<N>-<time>)")
     p.add_argument("--realtime", action="store_true", help="pace the simulated rig to the wall clock")
     p.add_argument("--chunk-ms", type=_argtypes.chunk_ms, help="chunk length of the simulated rig in ms (0.1 to 10000; default 50, "
-                   "10 for --rig sim with --realtime)")
+                   "10 for --rig sim with --realtime; an open-loop protocol on sim-events, not paced, "
+                   "reads 1-s chunks unless this is given)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (or plate)")
     p.add_argument("--workers", type=_argtypes.int_in(1, 64), default=1,
                    help="a plate only: split its wells over N processes (default 1: one process, one clock)")
