@@ -66,13 +66,13 @@ from rigctl.plate_session import {entry}
 count = [0]
 def factory(spec, **kw):
     rig = open_rig(spec, **kw)
-    read = rig.amplifier.read
-    def dying_read():
+    read_samples = rig.amplifier.read_samples  # the simulated rig's every read (`read` and batched reads) ends here
+    def dying_read_samples(n):
         count[0] += 1
         if count[0] == {kill_chunk}:
             os._exit(137)
-        return read()
-    rig.amplifier.read = dying_read
+        return read_samples(n)
+    rig.amplifier.read_samples = dying_read_samples
     return rig
 
 {call}
@@ -96,7 +96,7 @@ def test_a_killed_plate_resumes_every_well_to_the_same_bytes(tmp_path, small_pla
     rigctl("run", str(small_plate), "--rig", "sim-plate", "--out", str(ref), "--no-progress", "--no-report")
     out = tmp_path / "killed"
     call = f"start_plate({str(small_plate)!r}, 'sim-plate', {str(out)!r}, progress=False, rig_factory=factory)"
-    code = PLATE_KILL.format(entry="start_plate", kill_chunk=150, call=call)
+    code = PLATE_KILL.format(entry="start_plate", kill_chunk=70, call=call)  # of 136 reads (1-s chunks)
     assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 137
     assert json.loads((out / "plate.json").read_text())["status"] == "running"
     early = rigctl("report", str(out))  # an unfinished plate is reported over what it has
