@@ -167,6 +167,7 @@ class MaxLabEmulator:
         for chip in self.chips:
             self._noise[:, chip.columns] = 0.0
         self._stop = threading.Event()
+        self._stream_owns_socket = False  # set by the stream thread, which then closes `pub` itself
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind((host, command_port))
@@ -207,14 +208,19 @@ class MaxLabEmulator:
         return self
 
     def close(self) -> None:
+        """Stop both threads. The stream thread owns the ZMQ socket and closes it as it ends: a socket closed by
+        another thread while a slow step (a first numba compile, a loaded machine) keeps the stream thread past
+        the join's timeout can abort the process inside libzmq."""
         self._stop.set()
         try:
             self._listener.close()
         except OSError:
             pass
         for t in self._threads:
-            t.join(timeout=2.0)
-        self.pub.close(0)
+            if t.is_alive():
+                t.join(timeout=2.0)
+        if not self._threads[1].is_alive() and not self._stream_owns_socket:
+            self.pub.close(0)
 
     # ---- command port ------------------------------------------------------------------------------------------
     def _serve_commands(self) -> None:
@@ -533,6 +539,13 @@ class MaxLabEmulator:
         return False
 
     def _stream(self) -> None:
+        self._stream_owns_socket = True
+        try:
+            self._stream_frames()
+        finally:
+            self.pub.close(0)
+
+    def _stream_frames(self) -> None:
         if not self.realtime and not self._wait_for_subscriber():
             return
         for chip in self.chips:

@@ -111,8 +111,12 @@ class OpenEphysEmulator:
         self.http.server_close()
         for t in self._threads:
             t.join(timeout=2.0)
-        self.pub.close(0)
-        self.rep.close(0)
+        # a ZMQ socket closed under a thread still using it (past the joins' timeout on a loaded machine) can abort
+        # the process inside libzmq: a socket whose thread is still alive is left open (the thread is a daemon)
+        if self._acq_thread is None or not self._acq_thread.is_alive():
+            self.pub.close(0)
+        if not self._threads[1].is_alive():
+            self.rep.close(0)
 
     # ---- state ---------------------------------------------------------------------------------------------
     def _set_mode(self, mode: str) -> None:
