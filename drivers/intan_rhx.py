@@ -240,6 +240,12 @@ class IntanRHX(Amplifier, Stimulator):
             self.faulted = None
             return ""
 
+    @property
+    def stream_clock(self) -> int | None:
+        """The controller timestamp one past the last sample read (None before the first read): what an
+        emulated controller on loopback paces itself to."""
+        return self._next_ts
+
     def current_timestamp(self) -> int:
         """The last sample index the controller produced (-1 when stopped)."""
         with self._lock:

@@ -138,6 +138,7 @@ def _build_rhx_amplifier(ctx: Ctx, sec: RhxAmplifier, closers: list) -> tuple[An
 
     host, port = sec.host, sec.command_port
     desc: dict[str, Any] = {"driver": "rhx", "host": host, "command_port": port, "mode": "voltage"}
+    holder: list = []  # the driver, once made: an emulated controller paces itself to its reads
     if host == EMULATE:
         from rigctl.sim.rhx_emulator import RHXEmulator
 
@@ -147,7 +148,8 @@ def _build_rhx_amplifier(ctx: Ctx, sec: RhxAmplifier, closers: list) -> tuple[An
             raise ctx.fail("amplifier.channels", f"{len(names)} channels", f"{bus.n_channels}, one per electrode "
                                                                           "of the simulated culture")
         try:
-            emu = RHXEmulator(bus, channel_names=names, step_uA=sec.emulator.step_uA, realtime=ctx.realtime).start()
+            emu = RHXEmulator(bus, channel_names=names, step_uA=sec.emulator.step_uA, realtime=ctx.realtime,
+                              clock=lambda: holder[0].stream_clock if holder else None).start()
         except ValueError as exc:
             raise RigFileError(f"{ctx.doc.where('amplifier.emulator')}: {exc}") from exc
         closers.append(emu.close)
@@ -161,6 +163,7 @@ def _build_rhx_amplifier(ctx: Ctx, sec: RhxAmplifier, closers: list) -> tuple[An
                        blocks_per_write=sec.blocks_per_write, trigger_latency_ms=sec.trigger_latency_ms)
     except DeviceError as exc:
         raise DeviceError(f"{ctx.doc.where('amplifier.host')}: {exc}") from exc
+    holder.append(drv)
     closers.insert(0, drv.close)
     ctx.amp_clock = lambda: int(drv.clock)
     desc.update({"channels": names, "controller_type": drv.controller_type, "version": drv.version,

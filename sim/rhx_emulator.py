@@ -18,7 +18,9 @@ spike port, analog/digital I/O, impedance measurement.
 Time: in accelerated mode (default) the controller produces data as fast as the client takes it; since
 that leaves no wall clock, `get CurrentTimestamp` holds the controller's clock until the client's next
 command batch (at most `hold_s`), so a client can aim a post-trigger delay at an exact sample.
-`realtime=True` paces production to the wall clock and holds nothing.
+`realtime=True` paces production to the wall clock and holds nothing. With `clock` (an in-process client's
+read position, as a rig file's `host: emulate` gives), an accelerated controller also stays within `lead_s`
+(at least two writes) of what the client has read, as the MaxLab emulator does.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ class RHXEmulator:
 
     def __init__(self, backend, *, channel_names: list[str] | None = None, step_uA: float = 1.0,
                  host: str = "127.0.0.1", command_port: int = 0, waveform_port: int = 0, realtime: bool = False,
-                 hold_s: float = 1.0, horizon_s: float = 0.05, version: str = "3.4.0"):
+                 hold_s: float = 1.0, horizon_s: float = 0.05, version: str = "3.4.0",
+                 clock: Callable[[], int | None] | None = None, lead_s: float = 0.02):
         if step_uA not in rw.STEP_SIZES_UA:
             raise ValueError(f"step_uA={step_uA}; allowed: {rw.STEP_SIZES_UA}")
         self.backend = backend
@@ -149,6 +152,8 @@ class RHXEmulator:
         self.host = host
         self.realtime = realtime
         self.hold_s = hold_s
+        self.clock = clock  # in-process client: the timestamp it has read up to (None before its first read)
+        self.lead = int(round(lead_s * self.fs))
         self.horizon = int(round(horizon_s * self.fs))
         self.version = version
         self.faults = RhxFaults()
@@ -595,6 +600,13 @@ class RHXEmulator:
                     out.append((i, band))
         return out
 
+    def _ahead_of_client(self, n_per_write: int) -> bool:
+        """Accelerated with an in-process client: would the next write put the controller more than `lead`
+        (at least two writes) ahead of what the client has read? Socket buffers would otherwise let the clock
+        run hundreds of ms ahead while the client is busy, and a closed loop's pulses land in the past."""
+        read_to = None if self.clock is None else self.clock()
+        return read_to is not None and self.timestamp + n_per_write > read_to + max(self.lead, 2 * n_per_write)
+
     def _produce(self, stop: threading.Event) -> None:
         outputs = self._outputs()
         n_per_write = rw.FRAMES_PER_BLOCK * self.blocks_per_write
@@ -610,6 +622,10 @@ class RHXEmulator:
                 due = wall0 + (self.timestamp + n_per_write - first0) / self.fs
                 if stop.wait(max(0.0, due - time.monotonic())):
                     break
+            elif self._ahead_of_client(n_per_write):
+                if stop.wait(0.0002):
+                    break
+                continue
             with self.lock:
                 if stop.is_set():
                     break

@@ -2,12 +2,14 @@
 waveform port, current pulses by manual trigger) gives the same stimulus schedule, the same raw samples
 and the same evoked counts as the simulated rig driven directly, for the same seed."""
 
+import time
 from pathlib import Path
 
 import numpy as np
 
 from fakes import fake_sim_rig
 from hil import RIGS, fake_backend, run_direct_and_via_rig_file
+from rigctl.drivers import _rhx_wire as rw
 from rigctl.protocol import BssSchedule, load_protocol
 from rigctl.rigs import open_rig
 from rigctl.safety import SafetyLimits
@@ -104,3 +106,25 @@ def test_raw_samples_and_pulses_through_rhx_on_the_real_simulated_culture(tmp_pa
     assert np.array_equal(raw, direct_raw)
     assert emu.errors == [] and len(emu.delivered) == len(commands) > 0
     assert [c.sample for c in emu.delivered] == [c.sample for c in commands]
+
+
+def test_the_emulated_controller_stays_near_a_client_that_stops_reading():
+    """Accelerated, the emulator paces itself to the driver's reads: while the loop is busy (a checkpoint, a
+    report), the controller's clock must not run ahead through the socket buffers (hundreds of ms), or a
+    closed loop's next pulse, aimed 80 ms after what it has read, is already past on the controller."""
+    rig = open_rig(RIGS / "rhx_sim.yaml", seed=0)
+    try:
+        amp, emu = rig.amplifier, rig.emulators[0]
+        amp.start()
+        amp.read()
+        before, still_since = emu.timestamp, time.monotonic()
+        deadline = still_since + 5.0
+        while time.monotonic() - still_since < 0.3 and time.monotonic() < deadline:  # until it stops producing
+            if emu.timestamp != before:
+                before, still_since = emu.timestamp, time.monotonic()
+            time.sleep(0.01)
+        write = rw.FRAMES_PER_BLOCK * emu.blocks_per_write
+        assert emu.timestamp - amp.stream_clock <= max(emu.lead, 2 * write) + write
+        assert emu.timestamp - amp.stream_clock < 0.05 * amp.fs  # far less than an 80-ms decision margin
+    finally:
+        rig.close()
