@@ -131,9 +131,12 @@ def parse_token(text: str) -> str:
 
 # ---- data stream ----------------------------------------------------------------------------------------------
 def frame_message(frame_number: int, samples: np.ndarray, events: bytes = b"") -> list[bytes]:
-    """[uint64 frame number, float32 samples (k frames x n channels, frame-major), events]."""
+    """[uint64 frame number, float32 samples (k frames x n channels, frame-major), events]; without events, the
+    first two parts only (a part of zero bytes last: libzmq 4.3.5 aborted the publishing process, src/session_base.cpp,
+    when a subscriber left while such a message was in flight under XPUB_NODROP; the driver reads both forms)."""
     data = np.ascontiguousarray(samples, dtype="<f4")
-    return [int(frame_number).to_bytes(FRAME_NUMBER_BYTES, "little"), data.tobytes(), events]
+    head = [int(frame_number).to_bytes(FRAME_NUMBER_BYTES, "little"), data.tobytes()]
+    return head + [events] if events else head
 
 
 def parse_frames(parts: list[bytes], n_channels: int) -> tuple[int, np.ndarray]:

@@ -178,7 +178,8 @@ class MaxLabEmulator:
         self.pub.setsockopt(zmq.LINGER, 0)
         if not realtime:
             self.pub.setsockopt(zmq.XPUB_NODROP, 1)  # back-pressure instead of drops
-            self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every reader's subscription counts (one per well)
+            if subscribers > 1:  # every reader's subscription counts (a plate: one per well)
+                self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
             self.pub.setsockopt(zmq.SNDHWM, max(2, 400 // self.frames_per_message))
             self.pub.setsockopt(zmq.SNDBUF, 256 * 1024)
             self.pub.setsockopt(zmq.SNDTIMEO, 50)  # a blocked send wakes up to check for close()
