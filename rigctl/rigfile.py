@@ -61,9 +61,12 @@ class Ctx:
 
 def sim_backend(*, sample_rate_hz: float, seed: int, mode: str, drug: str, chunk_ms: float | None,
                 realtime: bool):
-    """The default `backend_factory`: rigctl's own simulated rig (SimRig)."""
+    """The default `backend_factory`: rigctl's own simulated rig (SimRig), its kernels compiled before any
+    emulator streams it (a first compile mid-stream is seconds of silence on the wire)."""
+    from rigctl.sim.culture import compile_kernels
     from rigctl.sim.rig import SimRig
 
+    compile_kernels()
     return SimRig(sample_rate_hz=sample_rate_hz, seed=seed, mode=mode, drug=drug, chunk_ms=chunk_ms,
                   realtime=realtime)
 

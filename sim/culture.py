@@ -497,3 +497,22 @@ class Culture:
 def with_overrides(config: CultureConfig, **kw) -> CultureConfig:
     """A copy of `config` with some fields replaced (for studies and tests)."""
     return replace(config, **kw)
+
+
+_KERNELS_READY = False
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) every kernel a culture runs, on a small throwaway culture.
+
+    A culture compiles its fine-window kernels at its first pulse. Behind an emulated device that stall is
+    seconds of silence on the wire in a fresh install, which a driver rightly reads as a dead device; an
+    emulator calls this before it streams. Once per process; milliseconds when numba's cache is warm."""
+    global _KERNELS_READY
+    if _KERNELS_READY:
+        return
+    fs = 25000
+    culture = Culture(ElectrodeLayout.grid(2, 2, 200.0), fs, 0, config=CultureConfig(n_neurons=40))
+    culture.stimulate(fs // 10, [0], BiphasicPulse.symmetric(1000.0, 200.0, "mV"))
+    culture.advance(fs // 2)
+    _KERNELS_READY = True
