@@ -167,7 +167,6 @@ class MaxLabEmulator:
         for chip in self.chips:
             self._noise[:, chip.columns] = 0.0
         self._stop = threading.Event()
-        self._stream_owns_socket = False  # set by the stream thread, which then closes `pub` itself
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind((host, command_port))
@@ -220,7 +219,7 @@ class MaxLabEmulator:
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout=2.0)
-        if not self._threads[1].is_alive() and not self._stream_owns_socket:
+        if self._threads[1].ident is None:  # never started; once started, the stream thread closes `pub`
             self.pub.close(0)
 
     # ---- command port ------------------------------------------------------------------------------------------
@@ -540,7 +539,6 @@ class MaxLabEmulator:
         return False
 
     def _stream(self) -> None:
-        self._stream_owns_socket = True
         try:
             self._stream_frames()
         finally:
