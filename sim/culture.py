@@ -95,6 +95,8 @@ class CultureConfig:
     act_threshold_inh: float = 2.0  # interneurons' activation threshold relative to pyramidal cells'
     local_drive_mV: float = 100.0  # slow excitatory drive a pulse leaves in neurons near its electrode (docs)
     local_drive_cap: float = 2.0  # ...scaled by the neuron's drive ratio I / I_th(d), capped here
+    local_inh_share: float = 0.67  # the GABA-A part of that local response, relative to its net drive: a drug
+    # that scales GABA-A by g adds (g - 1) x share x the local drive as GABA-A drive (docs/culture.md)
     # -- plasticity (E->E synapses)
     tau_plus_ms: float = 20.0
     tau_minus_ms: float = 20.0
@@ -299,7 +301,7 @@ class Culture:
         stim = np.flatnonzero(cur > 0)
         if stim.size == 0:
             return
-        p, local_drive_mV = self._drive(cur, stim)
+        p, local_drive_mV, local_gaba_mV = self._drive(cur, stim)
         u = ck.hash_u01_array(self.seed, ck.STREAM_PULSE, sample, self.n_neurons)
         fire = np.flatnonzero(u < p)
         lat = ck.hash_u01_array(self.seed, ck.STREAM_LATENCY, sample, self.n_neurons)[fire]
@@ -309,10 +311,17 @@ class Culture:
         if cfg.local_drive_mV > 0:
             self._relax_to(k)
             self._IN += local_drive_mV
+            if local_gaba_mV is not None:
+                self._II += local_gaba_mV
 
-    def _drive(self, cur: np.ndarray, stim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(firing probability, local slow drive in mV) of each neuron under the pulse currents `cur` on the
-        electrodes `stim`. A protocol repeats a few patterns, so each is computed once and kept."""
+    def _drive(self, cur: np.ndarray, stim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(firing probability, local slow drive in mV, the drug's change to the local GABA-A drive in mV or
+        None) of each neuron under the pulse currents `cur` on the electrodes `stim`.
+
+        The local drive is the net of a pulse's mixed local response: the axon terminals a pulse activates near
+        its electrode release GABA as well as glutamate. Its GABA-A part (`local_inh_share` x the net) follows
+        a GABA-A drug as every GABA-A synapse does, so the drug adds (inh_weight_scale - 1) x that part.
+        A protocol repeats a few patterns, so each is computed once and kept."""
         key = cur.tobytes()
         hit = self._drive_cache.get(key)
         if hit is None:
@@ -320,10 +329,13 @@ class Culture:
             ith = self._ith_uA[:, stim]
             ratio = (cur[stim][None, :] / ith).max(axis=1) / self._act_factor
             p = 1.0 / (1.0 + np.exp(-(ratio - 1.0) / cfg.act_slope))
-            local_mV = cfg.local_drive_mV * np.minimum(ratio, cfg.local_drive_cap) * self.effect.nmda_drive_scale
+            local_net_mV = cfg.local_drive_mV * np.minimum(ratio, cfg.local_drive_cap)
+            local_mV = local_net_mV * self.effect.nmda_drive_scale
+            gaba_change = (self.effect.inh_weight_scale - 1.0) * cfg.local_inh_share
+            local_gaba_mV = local_net_mV * gaba_change if gaba_change != 0.0 else None
             if len(self._drive_cache) >= DRIVE_CACHE_PATTERNS:
                 self._drive_cache.clear()
-            hit = self._drive_cache[key] = (p, local_mV)
+            hit = self._drive_cache[key] = (p, local_mV, local_gaba_mV)
         return hit
 
     # ---- simulation -----------------------------------------------------------------------------------

@@ -241,3 +241,19 @@ def test_diazepam_tonic_inhibition_acts_only_under_diazepam():
     (s0, w0), (s6, w6) = run("diazepam", 0.0), run("diazepam", 6.0)
     assert len(s6) < 0.98 * len(s0)
     assert not np.array_equal(w0, w6)
+
+
+def test_the_local_response_gaba_part_follows_gaba_drugs_only():
+    """A pulse's local response has a GABA-A part (`local_inh_share` of its net drive) that a GABA-A drug
+    scales like every GABA-A synapse: diazepam strengthens it (fewer evoked spikes), bicuculline removes most
+    of it (more), and control and APV, which leave GABA-A alone, are untouched."""
+    pulses = {int((i + 0.5) * FS / 4): LEFT + RIGHT for i in range(8)}
+
+    def spikes(drug: str, share: float) -> np.ndarray:
+        c = Culture(LAYOUT, FS, 4, drug=drug, config=CultureConfig(local_inh_share=share))
+        return _run(c, 2 * FS, pulses, [FS // 10])[0]
+
+    for drug in ("none", "apv"):
+        assert np.array_equal(spikes(drug, 0.0), spikes(drug, 0.67))
+    assert len(spikes("diazepam", 0.67)) < 0.9 * len(spikes("diazepam", 0.0))
+    assert len(spikes("bicuculline", 0.67)) > 1.03 * len(spikes("bicuculline", 0.0))
