@@ -35,6 +35,8 @@ def drug_effect(drug: str, *, bicuculline_block: float = 0.4, diazepam_gain: flo
       depolarisation NMDA-dependent plasticity needs (benzodiazepines block LTP induction). Modelled as
       inhibitory efficacy x diazepam_gain, decay time x diazepam_tau_scale, and a steady hyperpolarising
       drive of diazepam_tonic_mV that both the membrane and the plasticity gate feel.
+    - Both GABA-A drugs also scale the GABA-A part of a pulse's local response by inh_weight_scale
+      (`Culture._drive`, `CultureConfig.local_inh_share`).
     - apv: NMDA-receptor antagonist; blocks NMDA-dependent Hebbian plasticity (both directions here) and
       removes the fraction `nmda_block` of the model's slow excitatory drive. That slow current lumps the
       NMDA current with other slow excitation (recurrent reverberation the LIF network lacks); removing all
