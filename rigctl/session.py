@@ -278,16 +278,26 @@ def _start_agent_run(protocol: ProtocolConfig, options: RunOptions, out: Path, r
         rig.close()
 
 
+def _restore(runner: ProtocolRunner | AgentRunner, checkpoint: dict, run_dir: Path) -> None:
+    """The runner's state from the checkpoint, before any file is cut to it: a checkpoint this rigctl cannot continue
+    (the simulated culture's model changed since it was written) is one line, and the run's files stay as they were."""
+    try:
+        runner.set_state(checkpoint["state"])
+    except ValueError as exc:
+        raise StoreError(f"{run_dir}: cannot resume with this rigctl: {exc}; resume it with the rigctl that wrote "
+                         f"it, or start the run again") from exc
+
+
 def _resume_agent_run(run_dir: Path, lock: RunLock, protocol: ProtocolConfig, seed: int, rig: Rig,
                       options: RunOptions) -> None:
     task = _agent_task(protocol, seed, options.rig)
     store = SessionStore.open_existing(run_dir, lock)
     runner = AgentRunner(task, rig.make_agent(seed, task.agent_parameters()), store, options.progress)
     checkpoint = store.read_checkpoint()
-    store.truncate_to(checkpoint["lengths"] if checkpoint is not None else {})
     if checkpoint is not None:
-        runner.set_state(checkpoint["state"])
-    else:
+        _restore(runner, checkpoint, run_dir)
+    store.truncate_to(checkpoint["lengths"] if checkpoint is not None else {})
+    if checkpoint is None:
         store.append_event("run_start", seed=seed)  # killed before the first episode ended: from the start
     store.append_event("resume", episodes_done=runner.n_done)
     store.update_meta(status="running")
@@ -373,8 +383,8 @@ def reopen_run(run_dir: Path, lock: RunLock, protocol: ProtocolConfig, options: 
         checkpoint = store.read_checkpoint()
         if rig.state is not None:
             if checkpoint is not None:
+                _restore(runner, checkpoint, run_dir)
                 store.truncate_to(checkpoint["lengths"])
-                runner.set_state(checkpoint["state"])
             else:  # killed before the first checkpoint: a fresh start of the same run
                 store.truncate_to({})
         else:

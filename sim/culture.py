@@ -200,7 +200,7 @@ class Culture:
         self._act_factor = rng.lognormal(-0.5 * s * s, s, n) * np.where(self.is_exc, 1.0, cfg.act_threshold_inh)
         self._d_elec = np.sqrt(((self.neuron_positions_um[:, None, :] - pos[None, :, :]) ** 2).sum(-1))
         self._ith_uA = cfg.act_i0_uA + cfg.act_uA_per_um2 * self._d_elec ** 2  # I_th(d), neuron x electrode
-        self._drive_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self._drive_cache: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         rate = np.where(self.is_exc, cfg.spont_exc_hz, cfg.spont_inh_hz)
         self._p_step = (rate * cfg.dt_ms * 1e-3).astype(np.float64)
         self._prm = self._params()
@@ -496,8 +496,15 @@ class Culture:
         return st
 
     def set_state(self, state: dict) -> None:
-        if state["seed"] != self.seed or state["drug"] != self.drug or state["config"] != asdict(self.config):
-            raise ValueError("culture state belongs to a different seed, drug or configuration")
+        if state["seed"] != self.seed or state["drug"] != self.drug:
+            raise ValueError(f"the culture state is of seed {state['seed']}, drug {state['drug']}; this culture is "
+                             f"seed {self.seed}, drug {self.drug}")
+        saved, now = state["config"], asdict(self.config)
+        if saved != now:
+            fields = sorted(k for k in saved.keys() | now.keys() if saved.get(k, "absent") != now.get(k, "absent"))
+            shown = ", ".join(f"{k} {saved.get(k, 'absent')} -> {now.get(k, 'absent')}" for k in fields[:4])
+            raise ValueError(f"the culture model changed since the state was saved ({shown}"
+                             f"{', ...' if len(fields) > 4 else ''}), so the network cannot go on where it stopped")
         for name in self._STATE:
             setattr(self, name, state[name].copy())
         self._k, self._last_fine = int(state["k"]), int(state["last_fine"])

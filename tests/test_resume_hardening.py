@@ -314,3 +314,46 @@ def test_two_writers_never_share_a_run_and_a_killed_holder_frees_it(small_protoc
         holder.wait()
     resume_run(out, RunOptions(progress=False), rig_factory=fake_rig_factory)
     assert_same_run(out, ref)
+
+
+KILL_REAL_CULTURE = """
+import os, sys
+from rigctl.rigs import open_rig
+from rigctl.session import RunOptions, start_run
+
+def factory(spec, **kw):
+    rig = open_rig(spec, **kw)
+    amp, read, count = rig.amplifier, rig.amplifier.read, [0]
+    def dying_read():
+        count[0] += 1
+        if count[0] == 60:
+            os._exit(137)
+        return read()
+    amp.read = dying_read
+    return rig
+
+start_run({protocol!r}, RunOptions(rig="sim-events", seed=2, progress=False, chunk_ms=50.0), {out!r},
+          rig_factory=factory)
+"""
+
+
+def test_a_checkpoint_of_another_culture_model_is_refused_in_one_line_and_cuts_nothing(small_protocol, tmp_path):
+    """A run checkpointed by a rigctl whose simulated culture had other parameters (here: before
+    `local_inh_share` existed) cannot continue the same network: resume says which fields differ, as a
+    StoreError, and leaves every file as it was; the untouched checkpoint resumes to the end."""
+    from rigctl.checkpoint import read_checkpoint_file, write_checkpoint_file
+
+    out = tmp_path / "r"
+    code = KILL_REAL_CULTURE.format(protocol=str(small_protocol), out=str(out))
+    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 137
+    original = read_checkpoint_file(out)
+    older = read_checkpoint_file(out)
+    del older["state"]["rig"]["culture"]["config"]["local_inh_share"]
+    write_checkpoint_file(out, older)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".bin"}
+    with pytest.raises(StoreError, match=r"culture model changed .*local_inh_share absent -> 0\.67"):
+        resume_run(out, RunOptions(progress=False))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".bin"} == before
+    write_checkpoint_file(out, original)
+    resume_run(out, RunOptions(progress=False))
+    assert load_run_meta(out)["status"] == "complete" and len(read_trials(out)) == 60
