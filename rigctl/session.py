@@ -296,8 +296,9 @@ def _resume_agent_run(run_dir: Path, lock: RunLock, protocol: ProtocolConfig, se
     checkpoint = store.read_checkpoint()
     if checkpoint is not None:
         _restore(runner, checkpoint, run_dir)
-    store.truncate_to(checkpoint["lengths"] if checkpoint is not None else {})
-    if checkpoint is None:
+        store.truncate_to(checkpoint["lengths"])
+    else:
+        store.truncate_to({})
         store.append_event("run_start", seed=seed)  # killed before the first episode ended: from the start
     store.append_event("resume", episodes_done=runner.n_done)
     store.update_meta(status="running")

@@ -29,7 +29,8 @@ def drug_effect(drug: str, *, bicuculline_block: float = 0.4, diazepam_gain: flo
     """The effect of `drug` on the network.
 
     - bicuculline: competitive GABA-A antagonist; the dose is [unknown] (spec 1.5), so it is
-      modelled as a partial block: inhibitory efficacy x (1 - bicuculline_block) (the culture's default, CultureConfig.bicuculline_block: 60 %).
+      modelled as a partial block: inhibitory efficacy x (1 - bicuculline_block) (the culture's default,
+      CultureConfig.bicuculline_block: 60 %).
     - diazepam: positive allosteric modulator of GABA-A; raises the amplitude and prolongs the decay of
       IPSCs, and enhances the tonic current of extrasynaptic (alpha5) GABA-A receptors, which shunts the
       depolarisation NMDA-dependent plasticity needs (benzodiazepines block LTP induction). Modelled as

@@ -2,8 +2,6 @@
 feedback within the safety limits, a short run on the simulated culture storing the task's fields, an exact resume
 after a kill, and one-line errors for bad values."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from rigctl.store import load_run_meta, read_spikes, read_stims, read_trials
 from rigctl.tasks.closed_loop import NO_ACTION, PHASE_FEEDBACK, PHASE_STEP, MotorDecoder
 from rigctl.tasks.pong import (DOWN, OUTCOME_HIT, OUTCOME_MISS, OUTCOME_NONE, UP, Court, PongGame, place_index,
                                pong_episode_rows, pong_summary, rate_hz, rate_tick)
+from test_resume_hardening import REAL_RIG, _child
 
 FS = 25000.0
 COURT = Court(width=1.0, height=1.0, paddle_height=0.3, paddle_step=0.1, ball_speed=0.04)
@@ -186,32 +185,12 @@ def test_a_short_run_on_sim_events_stores_the_task_fields(tmp_path):
     assert {int(s) for s in steps["sample"][np.isin(steps["sample"], list(stimulated))]} <= stimulated
 
 
-KILL_AT_CHUNK = """
-import os
-from rigctl.rigs import open_rig
-from rigctl.session import RunOptions, start_run
-
-def factory(spec, **kw):
-    rig = open_rig(spec, **kw)
-    read, count = rig.amplifier.read, [0]
-    def dying_read():
-        count[0] += 1
-        if count[0] == {kill_chunk}:
-            os._exit(137)  # as SIGKILL: no flush, no handler
-        return read()
-    rig.amplifier.read = dying_read
-    return rig
-
-start_run("pong", RunOptions(rig="sim-events", seed=2, progress=False, overrides={overrides!r}), {out!r},
-          rig_factory=factory)
-"""
-
-
 def test_a_killed_run_resumes_to_the_uninterrupted_trials_byte_for_byte(tmp_path):
     ref = start_run("pong", RunOptions(rig="sim-events", seed=2, progress=False, overrides=FAST), tmp_path / "ref")
     out = tmp_path / "killed"
-    code = KILL_AT_CHUNK.format(kill_chunk=500, overrides=FAST, out=str(out))
-    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 137
+    call = (f"start_run('pong', RunOptions(rig='sim-events', seed=2, progress=False, overrides={FAST!r}), "
+            f"{str(out)!r}, rig_factory=factory)")
+    assert _child("start_run", call, 500, base=REAL_RIG) == 137
     assert load_run_meta(out)["status"] == "running" and 40 <= len(read_trials(out)) < 300
     resume_run(out, RunOptions(progress=False))
     for reader in (read_trials, read_spikes, read_stims):

@@ -22,14 +22,17 @@ from rigctl.store import load_run_meta, read_jsonl, read_spikes, read_stims, rea
 
 TESTS = Path(__file__).parent
 
+FAKE_RIG = "from fakes import fake_rig_factory as base_factory"
+REAL_RIG = "from rigctl.rigs import open_rig as base_factory"
+
 KILL_AT_CHUNK = """
 import os, sys
 sys.path.insert(0, {tests!r})
-from fakes import fake_rig_factory
+{base}
 from rigctl.session import RunOptions, {entry}
 
 def factory(spec, **kw):
-    rig = fake_rig_factory(spec, **kw)
+    rig = base_factory(spec, **kw)
     amp, read, count = rig.amplifier, rig.amplifier.read, [0]
     def dying_read():
         count[0] += 1
@@ -43,8 +46,8 @@ def factory(spec, **kw):
 """
 
 
-def _child(entry: str, call: str, kill_chunk: int) -> int:
-    code = KILL_AT_CHUNK.format(tests=str(TESTS), entry=entry, call=call, kill_chunk=kill_chunk)
+def _child(entry: str, call: str, kill_chunk: int, base: str = FAKE_RIG) -> int:
+    code = KILL_AT_CHUNK.format(tests=str(TESTS), base=base, entry=entry, call=call, kill_chunk=kill_chunk)
     return subprocess.run([sys.executable, "-c", code], timeout=300).returncode
 
 
@@ -266,9 +269,7 @@ def test_a_hardware_resume_remembers_the_pulses_before_the_crash(small_protocol,
     out = tmp_path / "hw"
     call = (f"start_run({str(small_protocol)!r}, RunOptions(seed=2, progress=False, chunk_ms=50.0), {str(out)!r}, "
             "rig_factory=factory)")
-    code = KILL_AT_CHUNK.format(tests=str(TESTS), entry="start_run", call=call, kill_chunk=120).replace(
-        "from fakes import fake_rig_factory", "from fakes import fake_hardware_rig_factory as fake_rig_factory")
-    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 137
+    assert _child("start_run", call, 120, base="from fakes import fake_hardware_rig_factory as base_factory") == 137
     stims, trials = read_stims(out), read_trials(out)
     redo = int(trials["sample"][-1]) + 1  # stims from the first unstored trial on are sent again
     last = last_pulse_per_electrode(out, before_sample=redo)
@@ -316,26 +317,6 @@ def test_two_writers_never_share_a_run_and_a_killed_holder_frees_it(small_protoc
     assert_same_run(out, ref)
 
 
-KILL_REAL_CULTURE = """
-import os, sys
-from rigctl.rigs import open_rig
-from rigctl.session import RunOptions, start_run
-
-def factory(spec, **kw):
-    rig = open_rig(spec, **kw)
-    amp, read, count = rig.amplifier, rig.amplifier.read, [0]
-    def dying_read():
-        count[0] += 1
-        if count[0] == 60:
-            os._exit(137)
-        return read()
-    amp.read = dying_read
-    return rig
-
-start_run({protocol!r}, RunOptions(rig="sim-events", seed=2, progress=False, chunk_ms=50.0), {out!r},
-          rig_factory=factory)
-"""
-
 
 def test_a_checkpoint_of_another_culture_model_is_refused_in_one_line_and_cuts_nothing(small_protocol, tmp_path):
     """A run checkpointed by a rigctl whose simulated culture had other parameters (here: before
@@ -344,8 +325,9 @@ def test_a_checkpoint_of_another_culture_model_is_refused_in_one_line_and_cuts_n
     from rigctl.checkpoint import read_checkpoint_file, write_checkpoint_file
 
     out = tmp_path / "r"
-    code = KILL_REAL_CULTURE.format(protocol=str(small_protocol), out=str(out))
-    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 137
+    call = (f"start_run({str(small_protocol)!r}, RunOptions(rig='sim-events', seed=2, progress=False, chunk_ms=50.0), "
+            f"{str(out)!r}, rig_factory=factory)")
+    assert _child("start_run", call, 60, base=REAL_RIG) == 137
     original = read_checkpoint_file(out)
     older = read_checkpoint_file(out)
     del older["state"]["rig"]["culture"]["config"]["local_inh_share"]
