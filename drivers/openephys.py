@@ -5,7 +5,8 @@ The data port is read from the ZMQ Interface processor's `data_port` parameter (
 a rig file names only the GUI's address. One block = one DATA message per channel with the same
 `sample_num`; a block is returned once every selected channel has arrived. Gaps in `message_num` (the
 PUB socket drops for slow readers), jumps in `sample_num`, malformed messages and silence are DeviceErrors:
-the loop then stops stimulating and keeps what it has recorded.
+the loop then stops stimulating and keeps what it has recorded. Only before the first block is delivered is an
+incomplete block dropped (the subscription joined mid-block) rather than a fault.
 
 Hostile or broken peers are bounded, not trusted: each HTTP exchange (connect, request, whole reply) has
 one total deadline of `timeout_s` (a server dripping bytes cannot stretch it) and a size limit; JSON is
@@ -317,9 +318,12 @@ class OpenEphysGUI(Amplifier):
         first = min(ready)
         if self._next_sample is not None and first != self._next_sample:
             raise self._fault(f"sample_num jumped from {self._next_sample} to {first}")
-        older = [s for s in self._pending if s < first]
-        if older:
+        older = sorted(s for s in self._pending if s < first)
+        if older and self._next_sample is not None:
             raise self._fault(f"block at sample {older[0]} is incomplete (a channel's message was lost)")
+        for s in older:  # joining a stream in flight: the subscription missed their first channels (ZMQ's slow
+            # joiner, or a GUI already acquiring); nothing was delivered yet, so the stream starts at `first`
+            self._pending_bytes -= sum(v.nbytes for v in self._pending.pop(s).values())
         chans = self._pending.pop(first)
         self._pending_bytes -= sum(v.nbytes for v in chans.values())
         n = len(next(iter(chans.values())))

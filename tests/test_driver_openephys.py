@@ -83,6 +83,19 @@ def test_acquisition_restarted_in_the_gui_is_a_fault(setup):
         read_until(drv, 10 ** 9)
 
 
+def test_a_stream_joined_mid_block_starts_at_the_first_whole_block(setup):
+    """The subscription missed the first channels of the first block (a slow ZMQ join, or a GUI that was already
+    acquiring): nothing was delivered yet, so the stream starts at the next whole block instead of faulting; a
+    loss after that is still a fault (below)."""
+    _, emu, drv = setup
+    emu.faults.drop_next = 3
+    drv.start()
+    chunk = drv.read()
+    assert (chunk.first_sample, chunk.n_samples) == (200, 200)
+    assert np.array_equal(chunk.samples, ClockBackend.ramp(200, 200, 16))
+    assert drv.read().first_sample == 400
+
+
 def test_lost_messages_are_detected(setup):
     _, emu, drv = setup
     drv.start()
